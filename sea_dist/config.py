@@ -1,0 +1,126 @@
+"""Typed run configuration.
+
+Every knob a user can turn lives here, with its default and a one-line meaning in the field's
+``metadata["help"]``; ``--help`` is generated from that text, so a field without help is a bug.
+Defaults follow the SEA reference (``../shared/SEA_SPEC.md``) unless noted.
+The file/command-line layer that fills these lives in :mod:`sea_dist.config_cli`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _opt(default, help: str, **kw):
+    """A dataclass field with its help text; mutable defaults go through ``default_factory``."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    root: str = _opt(
+        "",
+        "dataset root (local path, file:// or s3:// URI); empty = the bundled default dataset",
+    )
+    s3_endpoint_url: str = _opt(
+        "",
+        "S3 endpoint override for S3-compatible stores (e.g. http://127.0.0.1:9000); "
+        "credentials come from the usual AWS_* environment variables",
+    )
+
+
+@dataclass
+class GraphConfig:
+    knn_k: int = _opt(10, "neighbours per item in each modality's item-item kNN graph")
+    mm_image_weight: float = _opt(
+        0.1,
+        "with two modalities: weight of the first modality's kNN graph "
+        "(the reference's image modality), the second gets 1 - this",
+    )
+    modality_weights: list = _opt(
+        [],
+        "explicit per-modality kNN mixing weights (dataset.json order, must sum to 1); "
+        "overrides mm_image_weight; empty = automatic",
+    )
+    knn_block_size: int = _opt(
+        4096, "rows per block when computing exact top-k (bounds memory to block x items)"
+    )
+    fanouts: list = _opt(
+        [10, 10],
+        "sampled neighbours per node for the two user-item hops (outer hop first); "
+        "-1 = all neighbours",
+    )
+    knn_fanout: int = _opt(-1, "sampled neighbours in the item-item hop; -1 = all")
+
+
+@dataclass
+class ModelConfig:
+    embedding_dim: int = _opt(64, "k: width of each modality's GCN representation")
+    n_mm_layers: int = _opt(1, "item-item propagation steps (L)")
+    n_ui_layers: int = _opt(2, "user-item propagation steps (fixed at 2 in the reference)")
+    temp: float = _opt(0.2, "Solosim (alignment) softmax temperature")
+    alpha_contrast: float = _opt(0.012, "weight of the alignment (Solosim) loss")
+    ureg: float = _opt(0.006, "weight of the separation (CLUB) loss")
+    reg_weight: float = _opt(0.0, "L2 weight on the batch's representations (0 in the reference)")
+    proj_hidden_dim: int = _opt(64, "hidden width of the alignment projection heads")
+    proj_out_dim: int = _opt(32, "output width of the alignment projection heads")
+    club_dim: int = _opt(32, "width of the CLUB transforms T1/T2")
+    club_hidden: int = _opt(8, "inner width of the CLUB variational net Q")
+    club_fit: str = _opt(
+        "as_published",
+        "pairs Q is fitted on: as_published (across modalities, as the authors' trainer does) "
+        "or within_modality (the pairs the bound uses, one Q per modality)",
+    )
+    club_inner_steps: int = _opt(50, "Q fitting steps per training batch")
+
+
+@dataclass
+class TrainConfig:
+    full_graph: bool = _opt(
+        False, "exact full-graph mode in one process (the fidelity reference, small data)"
+    )
+    num_workers: int = _opt(2, "Ray Train workers (sampled mode)")
+    cpus_per_worker: int = _opt(1, "CPUs per worker; also the torch/DGL thread count")
+    use_gpu: bool = _opt(False, "train on GPUs (NCCL); needs gpus_per_worker > 0")
+    gpus_per_worker: float = _opt(0.0, "GPUs per worker; > 0 implies use_gpu")
+    lr: float = _opt(1e-4, "Adam learning rate (dense parameters, user tables and Q)")
+    batch_size: int = _opt(2048, "global batch of (user, pos, neg) triples, split over workers")
+    epochs: int = _opt(1000, "maximum epochs")
+    patience: int = _opt(20, "early stopping: epochs without a better validation metric")
+    seed: int = _opt(999, "random seed (MMRec's default)")
+    checkpoint_every_epochs: int = _opt(1, "write a checkpoint every N epochs")
+    resume: bool = _opt(False, "continue the run named run_name from its latest checkpoint")
+    run_name: str = _opt("", "Ray Train run name (checkpoints under storage_path/run_name)")
+    storage_path: str = _opt(
+        "", "where Ray Train keeps checkpoints (local path or s3://); empty = output_dir/ray"
+    )
+    max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for smoke tests")
+
+
+@dataclass
+class EvalConfig:
+    topk: list = _opt([10, 20], "cut-offs K for Recall/NDCG/Precision/MAP")
+    valid_metric: str = _opt("recall@20", "validation metric for early stopping")
+    mask_valid_at_test: bool = _opt(
+        False,
+        "also mask validation items when testing (MMRec masks only training items)",
+    )
+    user_batch_size: int = _opt(4096, "users scored per full-ranking batch")
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = _opt("runs/latest", "where summary.json, metrics.jsonl and embeddings go")
+    write_embeddings: bool = _opt(True, "export final user and item embeddings as Parquet")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,165 @@
+"""SEA's training objective: BPR + separation (CLUB) + alignment (Solosim), and Q's fit.
+
+Modality roles follow the reference when there are two modalities: the first modality in
+``dataset.json`` order plays its *image* role and the second its *text* role (alignment
+logits are text x image; the published Q fit goes text -> image).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sea_dist.config import ModelConfig
+from sea_dist.model.losses import (
+    GaussianPredictor,
+    bpr_loss,
+    club_bound,
+    club_learning_loss,
+    solosim_loss,
+)
+from sea_dist.model.sea import SEA
+
+log = logging.getLogger(__name__)
+
+CLUB_FIT_MODES = ("as_published", "within_modality")
+
+
+class ClubEstimators(nn.Module):
+    """The variational net(s) Q of the CLUB bound.
+
+    ``as_published``: one Q shared by all modalities (as in the authors' code);
+    ``within_modality``: one Q per modality. Q is never in the main optimizer.
+    """
+
+    def __init__(self, modalities: list[str], cfg: ModelConfig):
+        super().__init__()
+        if cfg.club_fit not in CLUB_FIT_MODES:
+            raise ValueError(f"model.club_fit must be one of {CLUB_FIT_MODES}, got {cfg.club_fit!r}")
+        self.mode = cfg.club_fit
+        self.modalities = list(modalities)
+        names = ["shared"] if self.mode == "as_published" else self.modalities
+        self.nets = nn.ModuleDict(
+            {n: GaussianPredictor(cfg.club_dim, cfg.club_dim, cfg.club_hidden) for n in names}
+        )
+        if self.mode == "as_published" and len(modalities) != 2:
+            log.info(
+                "club_fit=as_published with %d modalities: the shared Q is fitted on each "
+                "modality's own (generic, unique) pairs (the cross-modal quirk needs two)",
+                len(modalities),
+            )
+
+    def net_for(self, modality: str) -> GaussianPredictor:
+        return self.nets["shared" if self.mode == "as_published" else modality]
+
+    def fitting_pairs(
+        self, generic: dict[str, torch.Tensor], unique: dict[str, torch.Tensor]
+    ) -> list[tuple[GaussianPredictor, torch.Tensor, torch.Tensor]]:
+        """(Q, x, y) triples Q is fitted on; tensors are detached here."""
+        if self.mode == "as_published" and len(self.modalities) == 2:
+            image, text = self.modalities
+            net = self.nets["shared"]
+            return [
+                (net, generic[text].detach(), generic[image].detach()),
+                (net, unique[text].detach(), unique[image].detach()),
+            ]
+        return [(self.net_for(m), generic[m].detach(), unique[m].detach()) for m in self.modalities]
+
+
+def fit_club(
+    club: ClubEstimators,
+    pairs: list[tuple[GaussianPredictor, torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood.
+
+    Each step shuffles the rows with one permutation shared by all pairs (the reference
+    does this; it changes nothing for a full-batch loss but keeps us comparable).
+    Returns the last step's loss.
+    """
+    if not pairs or steps <= 0:
+        return 0.0
+    n = pairs[0][1].shape[0]
+    last = 0.0
+    for _ in range(steps):
+        order = torch.randperm(n, generator=generator).to(pairs[0][1].device)
+        loss = sum(club_learning_loss(net, x[order], y[order]) for net, x, y in pairs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        last = float(loss.detach())
+    return last
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    bpr: torch.Tensor
+    club: torch.Tensor
+    align: torch.Tensor
+    club_generic: dict[str, torch.Tensor]  # T1_m(g_m) of the loss items (Q's fitting data)
+    club_unique: dict[str, torch.Tensor]  # T2_m(u_m)
+
+    def as_floats(self) -> dict[str, float]:
+        return {
+            "total": float(self.total.detach()),
+            "bpr": float(self.bpr.detach()),
+            "club": float(self.club.detach()),
+            "align": float(self.align.detach()),
+        }
+
+
+def alignment_pairs(modalities: list[str]) -> list[tuple[str, str]]:
+    """(view1, view2) pairs of the Solosim loss: the reference's text->image for two
+    modalities, every ordered pair beyond that, none for one modality."""
+    if len(modalities) < 2:
+        return []
+    if len(modalities) == 2:
+        return [(modalities[1], modalities[0])]
+    return [(a, b) for a in modalities for b in modalities if a != b]
+
+
+def sea_losses(
+    model: SEA,
+    club: ClubEstimators,
+    pos_scores: torch.Tensor,
+    neg_scores: torch.Tensor,
+    item_z: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """All loss terms for one batch; the auxiliary ones run over the rows of ``item_z``
+    (every item in full-graph mode, the batch's items in sampled mode)."""
+    branches = model.branches
+    bpr = bpr_loss(pos_scores, neg_scores)
+    generic = {m: branches[m].club_generic(branches[m].generic(z)) for m, z in item_z.items()}
+    unique = {m: branches[m].club_unique(branches[m].unique(z)) for m, z in item_z.items()}
+    n = next(iter(item_z.values())).shape[0]
+    bounds = []
+    for m in model.modalities:
+        permutation = torch.randperm(n, generator=generator).to(pos_scores.device)
+        bounds.append(club_bound(club.net_for(m), generic[m], unique[m], permutation))
+    club_term = cfg.ureg * torch.stack(bounds).mean()
+    pairs = alignment_pairs(model.modalities)
+    if pairs:
+        projected = {
+            m: branches[m].projection(branches[m].generic(z)) for m, z in item_z.items()
+        }
+        align = torch.stack(
+            [solosim_loss(projected[a], projected[b], cfg.temp) for a, b in pairs]
+        ).mean()
+        align_term = cfg.alpha_contrast * align
+    else:
+        align_term = bpr.new_zeros(())
+    return LossTerms(
+        total=bpr + club_term + align_term,
+        bpr=bpr,
+        club=club_term,
+        align=align_term,
+        club_generic=generic,
+        club_unique=unique,
+    )
