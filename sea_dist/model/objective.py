@@ -20,7 +20,7 @@ from sea_dist.model.losses import (
     club_learning_loss,
     solosim_loss,
 )
-from sea_dist.model.sea import SEA
+from sea_dist.model.sea import SEA, AuxiliaryViews
 
 log = logging.getLogger(__name__)
 
@@ -128,29 +128,23 @@ def sea_losses(
     club: ClubEstimators,
     pos_scores: torch.Tensor,
     neg_scores: torch.Tensor,
-    item_z: dict[str, torch.Tensor],
+    views: AuxiliaryViews,
     cfg: ModelConfig,
     generator: torch.Generator | None = None,
 ) -> LossTerms:
-    """All loss terms for one batch; the auxiliary ones run over the rows of ``item_z``
+    """All loss terms for one batch; the auxiliary ones run over the rows of ``views``
     (every item in full-graph mode, the batch's items in sampled mode)."""
-    branches = model.branches
     bpr = bpr_loss(pos_scores, neg_scores)
-    generic = {m: branches[m].club_generic(branches[m].generic(z)) for m, z in item_z.items()}
-    unique = {m: branches[m].club_unique(branches[m].unique(z)) for m, z in item_z.items()}
-    n = next(iter(item_z.values())).shape[0]
+    n = next(iter(views.club_generic.values())).shape[0]
     bounds = []
     for m in model.modalities:
         permutation = torch.randperm(n, generator=generator).to(pos_scores.device)
-        bounds.append(club_bound(club.net_for(m), generic[m], unique[m], permutation))
+        bounds.append(club_bound(club.net_for(m), views.club_generic[m], views.club_unique[m], permutation))
     club_term = cfg.ureg * torch.stack(bounds).mean()
     pairs = alignment_pairs(model.modalities)
     if pairs:
-        projected = {
-            m: branches[m].projection(branches[m].generic(z)) for m, z in item_z.items()
-        }
         align = torch.stack(
-            [solosim_loss(projected[a], projected[b], cfg.temp) for a, b in pairs]
+            [solosim_loss(views.projected[a], views.projected[b], cfg.temp) for a, b in pairs]
         ).mean()
         align_term = cfg.alpha_contrast * align
     else:
@@ -160,6 +154,6 @@ def sea_losses(
         bpr=bpr,
         club=club_term,
         align=align_term,
-        club_generic=generic,
-        club_unique=unique,
+        club_generic=views.club_generic,
+        club_unique=views.club_unique,
     )

@@ -44,7 +44,7 @@ class ProjectionHead(nn.Module):
 class ModalityBranch(nn.Module):
     """Everything SEA learns for one modality's items."""
 
-    def __init__(self, dim: int, cfg: ModelConfig):
+    def __init__(self, dim: int, cfg: ModelConfig, with_projection: bool = True):
         super().__init__()
         if dim % 2:
             raise ValueError(f"modality dim must be even (SEA splits it in halves), got {dim}")
@@ -53,7 +53,10 @@ class ModalityBranch(nn.Module):
         self.transform = nn.Linear(dim, dim)  # L_m
         self.gcn_in_hidden = nn.Linear(dim, 4 * k)  # W1
         self.gcn_in_out = nn.Linear(4 * k, k)  # W2
-        self.projection = ProjectionHead(half, cfg.proj_hidden_dim, cfg.proj_out_dim)  # H_m
+        # H_m; absent with a single modality (no alignment term, so it would get no gradient)
+        self.projection = (
+            ProjectionHead(half, cfg.proj_hidden_dim, cfg.proj_out_dim) if with_projection else None
+        )
         self.club_generic = nn.Linear(half, cfg.club_dim)  # T1_m
         self.club_unique = nn.Linear(half, cfg.club_dim)  # T2_m
         self.half = half
@@ -110,10 +113,19 @@ class UserTables(nn.Module):
 
 
 @dataclass
+class AuxiliaryViews:
+    """What the separation and alignment losses need from the loss items' z_m."""
+
+    club_generic: dict[str, torch.Tensor]  # T1_m(g_m)
+    club_unique: dict[str, torch.Tensor]  # T2_m(u_m)
+    projected: dict[str, torch.Tensor]  # H_m(g_m), L2-normalised; empty with one modality
+
+
+@dataclass
 class BatchOutput:
     pos_scores: torch.Tensor
     neg_scores: torch.Tensor
-    item_z: dict[str, torch.Tensor]  # z_m of the items the auxiliary losses run over
+    views: AuxiliaryViews
 
 
 class SEA(nn.Module):
@@ -123,7 +135,26 @@ class SEA(nn.Module):
             raise ValueError("SEA needs at least one modality")
         self.modalities = list(modalities)
         self.cfg = cfg
-        self.branches = nn.ModuleDict({m: ModalityBranch(d, cfg) for m, d in modalities.items()})
+        self.alignment = len(modalities) >= 2
+        self.branches = nn.ModuleDict(
+            {m: ModalityBranch(d, cfg, with_projection=self.alignment) for m, d in modalities.items()}
+        )
+
+    def forward(
+        self, batch: MiniBatch, input_features: dict[str, torch.Tensor], tables: "UserTables"
+    ) -> BatchOutput:
+        """The sampled-mode step; ``forward`` so that DDP's hooks see it."""
+        return self.forward_batch(batch, input_features, tables)
+
+    def auxiliary_views(self, item_z: dict[str, torch.Tensor]) -> AuxiliaryViews:
+        generic, unique, projected = {}, {}, {}
+        for m, z in item_z.items():
+            branch = self.branches[m]
+            generic[m] = branch.club_generic(branch.generic(z))
+            unique[m] = branch.club_unique(branch.unique(z))
+            if branch.projection is not None:
+                projected[m] = branch.projection(branch.generic(z))
+        return AuxiliaryViews(generic, unique, projected)
 
     # ---- full graph -------------------------------------------------------------------
     def forward_full(
@@ -186,4 +217,4 @@ class SEA(nn.Module):
         users = user_rep[batch.batch_user]
         pos = (users * item_rep[batch.batch_pos]).sum(dim=1)
         neg = (users * item_rep[batch.batch_neg]).sum(dim=1)
-        return BatchOutput(pos, neg, item_z)
+        return BatchOutput(pos, neg, self.auxiliary_views(item_z))

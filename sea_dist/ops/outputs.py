@@ -1,0 +1,77 @@
+"""A run's outputs (DESIGN.md "Run outputs"), local or in object storage.
+
+``metrics.jsonl`` grows by one line per epoch; ``summary.json`` and the embeddings are written
+at the end by rank 0. Everything goes through fsspec, so ``--output-dir s3://...`` works.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from sea_dist.data.dataset import make_filesystem
+
+
+def embedding_table(raw_ids: np.ndarray, embeddings: torch.Tensor, id_column: str) -> pa.Table:
+    values = embeddings.detach().cpu().float().contiguous().numpy()
+    dim = values.shape[1]
+    flat = pa.array(values.reshape(-1), type=pa.float32())
+    return pa.table(
+        {
+            id_column: pa.array(raw_ids.astype(np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+
+
+class RunOutputs:
+    def __init__(self, output_dir: str, s3_endpoint_url: str = ""):
+        self.uri = output_dir
+        self.fs, self.path = make_filesystem(output_dir, s3_endpoint_url)
+        self.fs.makedirs(self.path, exist_ok=True)
+        self._metrics_lines: list[str] = []
+
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def write_text(self, name: str, text: str) -> str:
+        path = self._join(name)
+        parent = posixpath.dirname(path)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        with self.fs.open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def append_metrics(self, record: dict) -> None:
+        """Rewrites the whole file: object stores have no append, and it is small."""
+        self._metrics_lines.append(json.dumps(record, sort_keys=True))
+        self.write_text("metrics.jsonl", "\n".join(self._metrics_lines) + "\n")
+
+    def write_summary(self, summary: dict) -> str:
+        return self.write_text("summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    def write_embeddings(
+        self,
+        kind: str,
+        raw_ids: np.ndarray,
+        embeddings: torch.Tensor,
+        rows_per_shard: int = 1_000_000,
+    ) -> list[str]:
+        """``embeddings/<kind>/part-NNNNN.parquet`` with the raw ids of the dataset."""
+        id_column = "user_id" if kind == "users" else "item_id"
+        folder = self._join("embeddings", kind)
+        self.fs.makedirs(folder, exist_ok=True)
+        written = []
+        for shard, start in enumerate(range(0, max(len(raw_ids), 1), rows_per_shard)):
+            stop = start + rows_per_shard
+            table = embedding_table(raw_ids[start:stop], embeddings[start:stop], id_column)
+            path = posixpath.join(folder, f"part-{shard:05d}.parquet")
+            with self.fs.open(path, "wb") as f:
+                pq.write_table(table, f, use_dictionary=False)
+            written.append(path)
+        return written

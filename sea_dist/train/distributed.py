@@ -1,0 +1,65 @@
+"""The few collective operations the training loop needs, behind one small interface.
+
+The loop talks to :class:`WorkerContext` only, so the same code runs in one plain process
+(full-graph mode, unit tests), under ``torch.distributed`` launched by tests, and inside Ray
+Train workers (:mod:`sea_dist.train.ray_launcher` supplies the Ray-specific reporting).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    # report(metrics, checkpoint_dir or None): Ray's report under Ray, a local writer otherwise
+    report: Callable[[dict, str | None], None] | None = None
+
+    @classmethod
+    def from_process_group(cls, device: torch.device | None = None, **kw) -> "WorkerContext":
+        if _is_distributed():
+            return cls(dist.get_rank(), dist.get_world_size(), device or torch.device("cpu"), **kw)
+        return cls(device=device or torch.device("cpu"), **kw)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's rows in rank order; row counts may differ per rank."""
+        if self.world_size == 1:
+            return tensor
+        sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+        counts = [int(s.item()) for s in sizes]
+        padded = tensor.new_zeros((max(counts),) + tuple(tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded.contiguous())
+        return torch.cat([g[:c] for g, c in zip(gathered, counts)])
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_object(self, obj):
+        if self.world_size == 1:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()

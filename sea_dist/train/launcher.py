@@ -1,0 +1,233 @@
+"""Starts a run: one local process (full-graph mode) or a Ray Train ``TorchTrainer``.
+
+The driver resolves what every worker must agree on before any starts — the dataset root,
+the run name — and afterwards reads ``summary.json`` back to print the result table.
+Ray-specific code lives here and nowhere else in the training path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import secrets
+import shutil
+import time
+from dataclasses import replace
+
+import torch
+
+from sea_dist.config import Config
+from sea_dist.config_cli import apply_overrides, config_to_dict
+from sea_dist.data.dataset import make_filesystem
+from sea_dist.data.synthetic import default_dataset_root
+from sea_dist.train.checkpoint import load_checkpoint
+from sea_dist.train.distributed import WorkerContext
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+
+
+def resolve_config(cfg: Config) -> Config:
+    """Fill in what defaults leave open: the default dataset, the run name, storage."""
+    data, train = cfg.data, cfg.train
+    if not data.root:
+        data = replace(data, root=default_dataset_root())
+    if not train.run_name:
+        train = replace(train, run_name=_previous_run_name(cfg) if train.resume else _new_run_name())
+    if not train.storage_path:
+        train = replace(train, storage_path=_join(cfg.output.output_dir, "checkpoints"))
+    if "://" not in train.storage_path:
+        train = replace(train, storage_path=os.path.abspath(train.storage_path))
+    output = cfg.output
+    if "://" not in output.output_dir:
+        output = replace(output, output_dir=os.path.abspath(output.output_dir))
+    return replace(cfg, data=data, train=train, output=output)
+
+
+def _join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def _new_run_name() -> str:
+    return time.strftime("sea-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def _previous_run_name(cfg: Config) -> str:
+    fs, path = make_filesystem(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+    record = posixpath.join(path, RUN_RECORD)
+    if not fs.exists(record):
+        raise SystemExit(
+            f"--resume: no {RUN_RECORD} in {cfg.output.output_dir} and no train.run_name given; "
+            "point --output-dir at the run to continue or set train.run_name"
+        )
+    with fs.open(record) as f:
+        return json.load(f)["run_name"]
+
+
+def _write_run_record(cfg: Config) -> None:
+    fs, path = make_filesystem(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(posixpath.join(path, RUN_RECORD), "w") as f:
+        json.dump({"run_name": cfg.train.run_name, "storage_path": cfg.train.storage_path}, f)
+
+
+def read_summary(cfg: Config) -> dict:
+    fs, path = make_filesystem(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+    with fs.open(posixpath.join(path, "summary.json")) as f:
+        return json.load(f)
+
+
+def run(cfg: Config) -> dict:
+    cfg = resolve_config(cfg)
+    _write_run_record(cfg)
+    if cfg.train.full_graph:
+        run_local(cfg)
+    else:
+        run_ray(cfg)
+    return read_summary(cfg)
+
+
+# ---- one process: full-graph mode -----------------------------------------------------------
+class LocalCheckpoints:
+    """Checkpoints of a run without Ray: ``<storage>/<run>/epoch_NNNNN/``, newest kept plus
+    the previous one (a crash while writing the newest still leaves a good one)."""
+
+    def __init__(self, storage_path: str, run_name: str, keep: int = 2):
+        self.root = os.path.join(storage_path, run_name)
+        self.keep = keep
+
+    def latest(self) -> str | None:
+        if not os.path.isdir(self.root):
+            return None
+        found = sorted(d for d in os.listdir(self.root) if d.startswith("epoch_") and "." not in d)
+        return os.path.join(self.root, found[-1]) if found else None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
+            return
+        target = os.path.join(self.root, f"epoch_{metrics['epoch']:05d}")
+        staging = target + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)  # only complete checkpoints carry the epoch_ name
+        found = sorted(d for d in os.listdir(self.root) if d.startswith("epoch_") and "." not in d)
+        for old in found[: -self.keep]:
+            shutil.rmtree(os.path.join(self.root, old))
+
+
+def run_local(cfg: Config) -> dict:
+    """Full-graph mode (or a 1-process sampled run) in this process, no Ray."""
+    from sea_dist.train.loop import Trainer  # heavy imports only where training happens
+
+    if "://" in cfg.train.storage_path:
+        raise SystemExit("full-graph mode keeps checkpoints on a local path; set train.storage_path")
+    checkpoints = LocalCheckpoints(cfg.train.storage_path, cfg.train.run_name)
+    resume_state = None
+    if cfg.train.resume:
+        latest = checkpoints.latest()
+        if latest is None:
+            raise SystemExit(f"--resume: no checkpoint under {checkpoints.root}")
+        resume_state = load_checkpoint(latest)
+    ctx = WorkerContext(report=checkpoints.report)
+    trainer = Trainer(cfg, ctx, resume_state=resume_state)
+    summary = trainer.fit()
+    trainer.write_outputs(summary)
+    return summary
+
+
+# ---- Ray Train: sampled mode ----------------------------------------------------------------
+def ray_train_worker(loop_config: dict) -> None:
+    """``train_loop_per_worker``: runs in every Ray Train worker process."""
+    import ray.train
+    import ray.train.torch
+
+    from sea_dist.train.loop import Trainer
+
+    cfg = apply_overrides(Config(), loop_config["config"])
+    # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
+    torch.set_num_threads(max(int(cfg.train.cpus_per_worker), 1))
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(_flat_metrics(metrics), checkpoint=checkpoint)
+
+    ctx = WorkerContext(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=device,
+        report=report,
+    )
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume_state = load_checkpoint(directory, map_location=device)
+    trainer = Trainer(cfg, ctx, resume_state=resume_state)
+    summary = trainer.fit()
+    if ctx.is_main:
+        trainer.write_outputs(summary)
+
+
+def _flat_metrics(metrics: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_metrics(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def storage_for(cfg: Config):
+    """(storage_path, storage_filesystem) for Ray's RunConfig; S3 endpoints need a filesystem."""
+    path = cfg.train.storage_path
+    if path.startswith("s3://") and cfg.data.s3_endpoint_url:
+        import pyarrow.fs
+
+        fs, bare = make_filesystem(path, cfg.data.s3_endpoint_url)
+        return bare, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return path, None
+
+
+def run_ray(cfg: Config) -> None:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(
+                include_dashboard=False,
+                _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
+                runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
+            )
+    use_gpu = bool(cfg.train.use_gpu or cfg.train.gpus_per_worker > 0)
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker or 1
+    storage_path, storage_fs = storage_for(cfg)
+    trainer = TorchTrainer(
+        ray_train_worker,
+        train_loop_config={"config": config_to_dict(cfg)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.train.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,386 @@
+"""The per-worker training loop: read this top to bottom to follow a run.
+
+    setup (data -> graph -> model) -> for each epoch: plan triples -> steps -> validate ->
+    checkpoint/report -> early stop -> final outputs (rank 0)
+
+One loop serves both modes. Full-graph mode (one process) computes the reference's exact
+forward over the whole graph every step; sampled mode draws each step's computation graph with
+DGL, wraps the dense network in DDP and trains the per-user tables sparsely. Everything
+distributed goes through :class:`~sea_dist.train.distributed.WorkerContext`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from sea_dist.config import Config
+from sea_dist.config_cli import config_to_dict
+from sea_dist.data.dataset import Dataset, load_dataset
+from sea_dist.eval.evaluator import Evaluator
+from sea_dist.graph.build import TrainGraph, build_train_graph
+from sea_dist.graph.dgl_compat import dgl
+from sea_dist.graph.sampler import BatchSampler
+from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club, sea_losses
+from sea_dist.model.sea import SEA, UserTables
+from sea_dist.ops.outputs import RunOutputs
+from sea_dist.train.checkpoint import save_checkpoint
+from sea_dist.train.distributed import WorkerContext
+from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
+from sea_dist.train.sparse_tables import synchronize_sparse_gradients
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("total", "bpr", "club", "align")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides the parameters (plain data: checkpoint-safe)."""
+
+    next_epoch: int = 0
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    best_valid: dict = field(default_factory=dict)
+    best_test: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class EpochTimes:
+    sampling_s: float = 0.0
+    model_s: float = 0.0
+    club_fit_s: float = 0.0
+    eval_s: float = 0.0
+    train_s: float = 0.0
+    edges: int = 0
+    steps: int = 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        ctx: WorkerContext,
+        dataset: Dataset | None = None,
+        resume_state: dict | None = None,
+    ):
+        self.cfg, self.ctx = cfg, ctx
+        self.full_graph_mode = cfg.train.full_graph
+        self.device = ctx.device
+        torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
+
+        # data -> graph
+        self.dataset = dataset or load_dataset(cfg.data.root, cfg.data.s3_endpoint_url)
+        ds = self.dataset
+        self.train_users, self.train_items = ds.split_edges(0)
+        self.graph: TrainGraph = build_train_graph(
+            ds.n_users, ds.n_items, self.train_users, self.train_items, ds.features, cfg.graph
+        )
+        self.full_graph = self.graph.full_graph().to(self.device)
+        self.features = {m: torch.from_numpy(f).to(self.device) for m, f in ds.features.items()}
+        self.negatives = NegativeSampler(self.train_users, self.train_items, ds.n_items)
+        self.sampler = None
+        if not self.full_graph_mode:
+            self.sampler = BatchSampler(
+                self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers
+            )
+        self.evaluator = Evaluator(
+            ds.n_users,
+            ds.n_items,
+            {name: ds.split_edges(i) for i, name in enumerate(("train", "valid", "test"))},
+            cfg.eval,
+            ctx,
+        )
+
+        # model: dense network, per-user tables, CLUB's Q — three optimizers, as in SEA_SPEC
+        self.model = SEA(ds.meta.modalities, cfg.model).to(self.device)
+        self.tables = UserTables(
+            ds.n_users, self.model.modalities, cfg.model.embedding_dim, sparse=not self.full_graph_mode
+        ).to(self.device)
+        self.club = ClubEstimators(self.model.modalities, cfg.model).to(self.device)
+        lr = cfg.train.lr
+        if self.full_graph_mode:  # the reference: one dense Adam over network and tables
+            self.optimizer = torch.optim.Adam(
+                list(self.model.parameters()) + list(self.tables.parameters()), lr=lr
+            )
+            self.table_optimizer = None
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+            self.table_optimizer = torch.optim.SparseAdam(list(self.tables.parameters()), lr=lr)
+        self.club_optimizer = torch.optim.Adam(self.club.parameters(), lr=lr)
+        self.step_model = self.model
+        if ctx.world_size > 1 and not self.full_graph_mode:
+            self.step_model = DistributedDataParallel(self.model)
+
+        self.progress = Progress()
+        self.best_state: dict | None = None
+        if resume_state is not None:
+            self.load_state(resume_state)
+            log.info("resumed at epoch %d", self.progress.next_epoch)
+        self.outputs = (
+            RunOutputs(cfg.output.output_dir, cfg.data.s3_endpoint_url) if ctx.is_main else None
+        )
+        if self.outputs is not None:
+            for record in self.progress.history:  # a resumed run keeps its earlier epochs
+                self.outputs.append_metrics(record)
+
+    # ---- the run ------------------------------------------------------------------------
+    def fit(self) -> dict | None:
+        cfg, ctx = self.cfg, self.ctx
+        run_started = time.monotonic()
+        totals = EpochTimes()
+        for epoch in range(self.progress.next_epoch, cfg.train.epochs):
+            losses, times = self.train_epoch(epoch)
+            valid, test, eval_s = self.validate()
+            times.eval_s = eval_s
+            self._accumulate(totals, times)
+            improved = self._record_epoch(epoch, losses, valid, test, times)
+            stop = self.progress.bad_epochs >= cfg.train.patience
+            self._checkpoint_and_report(epoch, improved, stop)
+            if stop:
+                log.info("early stop at epoch %d (best epoch %d)", epoch, self.progress.best_epoch)
+                break
+        return self.summary(totals, time.monotonic() - run_started)
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], EpochTimes]:
+        cfg, ctx = self.cfg, self.ctx
+        self.model.train()
+        plan = EpochPlan(
+            self.train_users, self.train_items, self.negatives, cfg.train.batch_size, cfg.train.seed, epoch
+        )
+        # Per-rank streams for sampling and the bound's permutation; one shared stream for
+        # Q's fit, which every rank runs on the same gathered data and must replicate.
+        dgl.seed(cfg.train.seed * 1000 + epoch * 16 + ctx.rank)
+        loss_rng = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 64 + ctx.rank)
+        club_rng = torch.Generator().manual_seed(cfg.train.seed * 104729 + epoch)
+        steps = plan.num_steps(ctx.world_size)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        times = EpochTimes()
+        started = time.monotonic()
+        for step in range(steps):
+            users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
+            terms = self.train_step(users, pos, neg, times, loss_rng, club_rng)
+            for name, value in terms.as_floats().items():
+                sums[name] += value
+            times.edges += len(users)
+            times.steps += 1
+        times.train_s = time.monotonic() - started
+        return {k: v / max(steps, 1) for k, v in sums.items()}, times
+
+    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng, club_rng) -> LossTerms:
+        tick = time.monotonic()
+        users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
+        if self.full_graph_mode:
+            sampled = time.monotonic()
+            user_rep, item_rep, item_z = self.model.forward_full(
+                self.features, self.tables, self.full_graph
+            )
+            views = self.model.auxiliary_views(item_z)
+            u = user_rep[users_t.to(self.device)]
+            pos_scores = (u * item_rep[pos_t.to(self.device)]).sum(1)
+            neg_scores = (u * item_rep[neg_t.to(self.device)]).sum(1)
+        else:
+            batch = self.sampler.sample(users_t, pos_t, neg_t)
+            inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
+            batch = batch.to(self.device)
+            sampled = time.monotonic()
+            out = self.step_model(batch, inputs, self.tables)
+            pos_scores, neg_scores, views = out.pos_scores, out.neg_scores, out.views
+        terms = sea_losses(
+            self.model, self.club, pos_scores, neg_scores, views, self.cfg.model, loss_rng
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.table_optimizer is not None:
+            self.table_optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()  # DDP all-reduces dense gradients here
+        if self.table_optimizer is not None:
+            synchronize_sparse_gradients(self.tables, self.ctx)
+        backward_done = time.monotonic()
+        # Q is fitted after the main backward and before the main step, as the reference does.
+        pairs = self.club.fitting_pairs(terms.club_generic, terms.club_unique)
+        if self.ctx.world_size > 1:
+            pairs = [(net, self.ctx.all_gather_rows(x), self.ctx.all_gather_rows(y)) for net, x, y in pairs]
+        fit_club(self.club, pairs, self.club_optimizer, self.cfg.model.club_inner_steps, club_rng)
+        fitted = time.monotonic()
+        self.optimizer.step()
+        if self.table_optimizer is not None:
+            self.table_optimizer.step()
+        done = time.monotonic()
+        times.sampling_s += sampled - tick
+        times.model_s += (backward_done - sampled) + (done - fitted)
+        times.club_fit_s += fitted - backward_done
+        return terms
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's and item's final representation (eval mode, full propagation)."""
+        self.model.eval()
+        user_rep, item_rep, _ = self.model.forward_full(self.features, self.tables, self.full_graph)
+        self.model.train()
+        return user_rep, item_rep
+
+    def validate(self) -> tuple[dict, dict, float]:
+        started = time.monotonic()
+        user_rep, item_rep = self.embeddings()
+        valid = self.evaluator.evaluate(user_rep, item_rep, "valid")
+        test = self.evaluator.evaluate(user_rep, item_rep, "test")
+        return valid, test, time.monotonic() - started
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def _record_epoch(self, epoch, losses, valid, test, times: EpochTimes) -> bool:
+        p = self.progress
+        score = valid[self.cfg.eval.valid_metric]
+        improved = score > p.best_score
+        if improved:
+            p.best_score, p.best_epoch, p.bad_epochs = score, epoch, 0
+            p.best_valid, p.best_test = dict(valid), dict(test)
+            self.best_state = copy.deepcopy(self.parameters_state())
+        else:
+            p.bad_epochs += 1
+        p.next_epoch = epoch + 1
+        record = {
+            "epoch": epoch,
+            "loss": losses,
+            "valid": valid,
+            "test": test,
+            "best_epoch": p.best_epoch,
+            "train_s": round(times.train_s, 3),
+            "sampling_s": round(times.sampling_s, 3),
+            "model_s": round(times.model_s, 3),
+            "club_fit_s": round(times.club_fit_s, 3),
+            "eval_s": round(times.eval_s, 3),
+            "train_edges_per_s": times.edges / max(times.train_s, 1e-9),
+            "steps": times.steps,
+        }
+        p.history.append(record)
+        if self.outputs is not None:
+            self.outputs.append_metrics(record)
+        if self.ctx.is_main:
+            metric = self.cfg.eval.valid_metric
+            print(
+                f"epoch {epoch:4d} | loss {losses['total']:.4f} (bpr {losses['bpr']:.4f} "
+                f"club {losses['club']:.4f} align {losses['align']:.4f}) | valid {metric} "
+                f"{score:.4f} | test {metric} {test[metric]:.4f} | "
+                f"{times.train_s:.1f}s train, {times.eval_s:.1f}s eval"
+                + (" *" if improved else ""),
+                flush=True,
+            )
+        return improved
+
+    def _checkpoint_and_report(self, epoch: int, improved: bool, stop: bool) -> None:
+        if self.ctx.report is None:
+            return
+        metrics = dict(self.progress.history[-1])
+        every = max(self.cfg.train.checkpoint_every_epochs, 1)
+        want_checkpoint = (epoch + 1) % every == 0 or stop or epoch + 1 == self.cfg.train.epochs
+        if want_checkpoint and self.ctx.is_main:
+            with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
+                save_checkpoint(directory, self.state_dict())
+                self.ctx.report(metrics, directory)
+        else:
+            self.ctx.report(metrics, None)
+
+    def parameters_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "tables": self.tables.state_dict(),
+            "club": self.club.state_dict(),
+        }
+
+    def state_dict(self) -> dict:
+        state = self.parameters_state()
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            table_optimizer=self.table_optimizer.state_dict() if self.table_optimizer else {},
+            club_optimizer=self.club_optimizer.state_dict(),
+            progress=asdict(self.progress),
+            best_state=self.best_state or {},
+        )
+        return state
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.tables.load_state_dict(state["tables"])
+        self.club.load_state_dict(state["club"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.table_optimizer is not None and state["table_optimizer"]:
+            self.table_optimizer.load_state_dict(state["table_optimizer"])
+        self.club_optimizer.load_state_dict(state["club_optimizer"])
+        self.progress = Progress(**state["progress"])
+        self.best_state = state["best_state"] or None
+
+    @staticmethod
+    def _accumulate(totals: EpochTimes, times: EpochTimes) -> None:
+        for name in asdict(times):
+            setattr(totals, name, getattr(totals, name) + getattr(times, name))
+
+    # ---- outputs ------------------------------------------------------------------------
+    def summary(self, totals: EpochTimes, wall_s: float) -> dict:
+        """Final metrics; every rank takes part in the gathers, rank 0 gets the result."""
+        p, ctx = self.progress, self.ctx
+        popularity = self.evaluator.popularity("test")
+        rss = ctx.all_gather_rows(torch.tensor([[peak_rss_mb()]], dtype=torch.float64))
+        edges = ctx.all_gather_rows(torch.tensor([[float(totals.edges)]], dtype=torch.float64))
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state["model"])
+            self.tables.load_state_dict(self.best_state["tables"])
+        epochs_run = max(len(p.history), 1)
+        train_s = max(totals.train_s, 1e-9)
+        return {
+            "mode": "full_graph" if self.full_graph_mode else "sampled",
+            "world_size": ctx.world_size,
+            "dataset": {
+                "name": self.dataset.meta.name,
+                "version": self.dataset.meta.version,
+                "root": self.dataset.root,
+                "n_users": self.dataset.n_users,
+                "n_items": self.dataset.n_items,
+                "n_train": int(len(self.train_users)),
+                "modalities": dict(self.dataset.meta.modalities),
+            },
+            "epochs_run": len(p.history),
+            "best_epoch": p.best_epoch,
+            "valid": p.best_valid,
+            "test": p.best_test,
+            "popularity_test": popularity,
+            "popularity_test_recall@20": popularity.get("recall@20"),
+            "throughput": {
+                "train_edges_per_s": float(edges.sum()) / train_s,
+                "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
+                "sampling_s_per_epoch": totals.sampling_s / epochs_run,
+                "model_s_per_epoch": totals.model_s / epochs_run,
+                "club_fit_s_per_epoch": totals.club_fit_s / epochs_run,
+                "eval_s_per_epoch": totals.eval_s / epochs_run,
+                "train_s_per_epoch": totals.train_s / epochs_run,
+            },
+            "peak_rss_mb_per_worker": [round(float(v), 1) for v in rss.flatten()],
+            "wall_s": wall_s,
+            "output_dir": self.cfg.output.output_dir,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def write_outputs(self, summary: dict) -> None:
+        """Rank 0: the best epoch's embeddings (raw ids) and summary.json, summary last."""
+        if self.outputs is None:
+            return
+        if self.cfg.output.write_embeddings:
+            user_rep, item_rep = self.embeddings()
+            self.outputs.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
+            self.outputs.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
+        self.outputs.write_summary(summary)
