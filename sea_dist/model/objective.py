@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -69,27 +70,35 @@ class ClubEstimators(nn.Module):
 
 
 def fit_club(
-    club: ClubEstimators,
     pairs: list[tuple[GaussianPredictor, torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     steps: int,
-    generator: torch.Generator | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> float:
-    """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood.
+    """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood of the
+    pairs (each pair's loss is a mean over its rows).
 
-    Each step shuffles the rows with one permutation shared by all pairs (the reference
-    does this; it changes nothing for a full-batch loss but keeps us comparable).
+    The reference shuffles the rows before every step; the loss is a full-batch mean, so
+    the order changes nothing and we skip it. Pairs sharing one Q are evaluated as one
+    concatenated batch (same value when the pairs have equal row counts, as they do).
+    ``after_backward`` lets a distributed caller average Q's gradients across workers.
     Returns the last step's loss.
     """
     if not pairs or steps <= 0:
         return 0.0
-    n = pairs[0][1].shape[0]
+    grouped: dict[int, tuple[GaussianPredictor, list, list]] = {}
+    for net, x, y in pairs:
+        grouped.setdefault(id(net), (net, [], []))
+        grouped[id(net)][1].append(x)
+        grouped[id(net)][2].append(y)
+    batches = [(net, torch.cat(xs), torch.cat(ys), len(xs)) for net, xs, ys in grouped.values()]
     last = 0.0
     for _ in range(steps):
-        order = torch.randperm(n, generator=generator).to(pairs[0][1].device)
-        loss = sum(club_learning_loss(net, x[order], y[order]) for net, x, y in pairs)
+        loss = sum(count * club_learning_loss(net, x, y) for net, x, y, count in batches)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         last = float(loss.detach())
     return last

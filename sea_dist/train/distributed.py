@@ -53,6 +53,22 @@ class WorkerContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def average_gradients(self, module: torch.nn.Module, weight: float, total_weight: float) -> None:
+        """Set every gradient to the ``weight``-weighted mean over workers (one all-reduce).
+
+        With ``weight`` = this worker's row count and ``total_weight`` the world's, a mean
+        loss over local rows becomes the gradient of the mean over all rows.
+        """
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads]) * (weight / total_weight)
+        self.all_reduce_sum(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def broadcast_object(self, obj):
         if self.world_size == 1:
             return obj

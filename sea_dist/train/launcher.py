@@ -147,6 +147,7 @@ def ray_train_worker(loop_config: dict) -> None:
     from sea_dist.train.loop import Trainer
 
     cfg = apply_overrides(Config(), loop_config["config"])
+    _quiet_ray_report_logs()
     # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
     torch.set_num_threads(max(int(cfg.train.cpus_per_worker), 1))
     context = ray.train.get_context()
@@ -171,6 +172,16 @@ def ray_train_worker(loop_config: dict) -> None:
     summary = trainer.fit()
     if ctx.is_main:
         trainer.write_outputs(summary)
+
+
+def _quiet_ray_report_logs() -> None:
+    """Ray Train logs every report's full metrics dict at INFO, drowning our epoch lines."""
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+
+        ray_train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # a Ray version without that module: keep its logs
+        pass
 
 
 def _flat_metrics(metrics: dict, prefix: str = "") -> dict:
@@ -206,7 +217,6 @@ def run_ray(cfg: Config) -> None:
             ray.init(address=address)
         else:
             ray.init(
-                include_dashboard=False,
                 _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
             )

@@ -162,11 +162,10 @@ class Trainer:
         plan = EpochPlan(
             self.train_users, self.train_items, self.negatives, cfg.train.batch_size, cfg.train.seed, epoch
         )
-        # Per-rank streams for sampling and the bound's permutation; one shared stream for
-        # Q's fit, which every rank runs on the same gathered data and must replicate.
+        # Per-rank random streams (sampling, the bound's permutation), derived from
+        # (seed, epoch, rank) so a resumed epoch replays exactly.
         dgl.seed(cfg.train.seed * 1000 + epoch * 16 + ctx.rank)
         loss_rng = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 64 + ctx.rank)
-        club_rng = torch.Generator().manual_seed(cfg.train.seed * 104729 + epoch)
         steps = plan.num_steps(ctx.world_size)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -175,7 +174,7 @@ class Trainer:
         started = time.monotonic()
         for step in range(steps):
             users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
-            terms = self.train_step(users, pos, neg, times, loss_rng, club_rng)
+            terms = self.train_step(users, pos, neg, times, loss_rng)
             for name, value in terms.as_floats().items():
                 sums[name] += value
             times.edges += len(users)
@@ -183,7 +182,7 @@ class Trainer:
         times.train_s = time.monotonic() - started
         return {k: v / max(steps, 1) for k, v in sums.items()}, times
 
-    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng, club_rng) -> LossTerms:
+    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng) -> LossTerms:
         tick = time.monotonic()
         users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
         if self.full_graph_mode:
@@ -213,10 +212,17 @@ class Trainer:
             synchronize_sparse_gradients(self.tables, self.ctx)
         backward_done = time.monotonic()
         # Q is fitted after the main backward and before the main step, as the reference does.
+        # Each worker fits on its own rows; averaging gradients by row count makes every
+        # inner step the step on all workers' rows together, and keeps the replicas equal.
         pairs = self.club.fitting_pairs(terms.club_generic, terms.club_unique)
-        if self.ctx.world_size > 1:
-            pairs = [(net, self.ctx.all_gather_rows(x), self.ctx.all_gather_rows(y)) for net, x, y in pairs]
-        fit_club(self.club, pairs, self.club_optimizer, self.cfg.model.club_inner_steps, club_rng)
+        local_rows = float(pairs[0][1].shape[0])
+        total_rows = float(self.ctx.all_reduce_sum(torch.tensor([local_rows], dtype=torch.float64)))
+        fit_club(
+            pairs,
+            self.club_optimizer,
+            self.cfg.model.club_inner_steps,
+            lambda: self.ctx.average_gradients(self.club, local_rows, total_rows),
+        )
         fitted = time.monotonic()
         self.optimizer.step()
         if self.table_optimizer is not None:
