@@ -291,7 +291,9 @@ def write_synthetic(
 
 
 def _spec_key(spec: SyntheticSpec) -> str:
-    blob = json.dumps(asdict(spec), sort_keys=True).encode()
+    # no sort_keys: the order of modalities matters (the first one defines the item universe
+    # and gets mm_image_weight), so {"image", "text"} and {"text", "image"} are different data
+    blob = json.dumps(asdict(spec)).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -349,15 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interactions-per-shard", type=int, default=1_000_000)
     p.add_argument("--s3-endpoint-url", default="", help="S3 endpoint override (S3-compatible stores)")
     a = p.parse_args(argv)
-    name = a.name or (d.name if (a.users, a.items) == (d.n_users, d.n_items) else f"synthetic-{a.users}x{a.items}")
     spec = SyntheticSpec(
         n_users=a.users,
         n_items=a.items,
         n_interactions=a.interactions,
         modalities={"image": a.image_dim, "text": a.text_dim},
         seed=a.seed,
-        name=name,
+        name=d.name,
     )
+    if a.name:
+        spec.name = a.name
+    elif spec != d:  # only the default spec may call itself the default dataset
+        spec.name = f"synthetic-{a.users}x{a.items}"
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:

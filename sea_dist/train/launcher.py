@@ -216,7 +216,9 @@ def run_ray(cfg: Config) -> None:
         if address:
             ray.init(address=address)
         else:
+            # A cluster we start ourselves is one machine: keep it on loopback.
             ray.init(
+                _node_ip_address="127.0.0.1",
                 _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
             )
