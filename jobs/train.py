@@ -12,7 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sea_dist.config_cli import parse_args  # noqa: E402
+from sea_dist.config_cli import ConfigError, parse_args  # noqa: E402
+from sea_dist.data.dataset import DatasetError  # noqa: E402
 from sea_dist.train.launcher import run  # noqa: E402
 from sea_dist.train.report_table import format_result_table  # noqa: E402
 
@@ -22,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except (DatasetError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(format_result_table(summary, cfg.eval.topk))
     print(f"outputs: {summary['output_dir']}")
     return 0

@@ -19,7 +19,7 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides, config_to_dict
-from sea_dist.data.dataset import make_filesystem
+from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
 from sea_dist.train.checkpoint import load_checkpoint
 from sea_dist.train.distributed import WorkerContext
@@ -81,6 +81,7 @@ def read_summary(cfg: Config) -> dict:
 
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
+    load_meta(cfg.data.root, cfg.data.s3_endpoint_url)  # fail fast, before any worker starts
     _write_run_record(cfg)
     if cfg.train.full_graph:
         run_local(cfg)
@@ -242,4 +243,29 @@ def run_ray(cfg: Config) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as error:  # Ray wraps worker errors; surface a data error as itself
+        cause = _dataset_error_in(error)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _dataset_error_in(error: BaseException) -> DatasetError | None:
+    """The DatasetError behind a Ray Train failure, if that is what stopped a worker."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DatasetError):
+            return current
+        pending.extend([current.__cause__, current.__context__])
+        pending.extend(getattr(current, "worker_failures", {}).values())
+        if "DatasetError" in str(current):
+            lines = [l for l in str(current).splitlines() if "DatasetError:" in l]
+            if lines:
+                return DatasetError(lines[-1].split("DatasetError:", 1)[1].strip())
+    return None

@@ -1,6 +1,7 @@
 """`python jobs/train.py` end to end: Ray Train with 2 workers, resume, full-graph, S3, errors."""
 import json
 import os
+import tempfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,8 +19,8 @@ def _read_jsonl(path):
 @pytest.mark.slow
 def test_two_ray_workers_train_checkpoint_and_resume(tiny_root, tmp_path):
     out = tmp_path / "run"
-    ray_tmp = tmp_path / "ray"
-    env = {"SEA_DIST_RAY_TMPDIR": str(ray_tmp)}
+    ray_tmp = tempfile.mkdtemp(prefix="sea_ray_", dir="/tmp")  # Ray's socket paths must stay short
+    env = {"SEA_DIST_RAY_TMPDIR": ray_tmp}
     first = run_job(["--output-dir", str(out), "--epochs", "2", f"data.root={tiny_root}", *FAST], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "epoch    1" in first.stdout + first.stderr

@@ -1,0 +1,24 @@
+"""Shared by the benchmark scripts: build a config, run it through the real launcher, emit JSON."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sea_dist.config import Config  # noqa: E402
+from sea_dist.config_cli import apply_overrides  # noqa: E402
+from sea_dist.train.launcher import run  # noqa: E402
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def train(overrides: dict, workdir: str | None = None) -> dict:
+    """Trains with ``overrides`` (dotted keys) into a fresh output dir; returns summary.json."""
+    workdir = workdir or tempfile.mkdtemp(prefix="sea_bench_")
+    cfg = apply_overrides(Config(), {"output.output_dir": workdir, "output.write_embeddings": False, **overrides})
+    return run(cfg)
