@@ -71,6 +71,7 @@ def main() -> None:
                 "train_edges_per_s_per_worker": t["train_edges_per_s_per_worker"],
                 "train_edges_per_s": t["train_edges_per_s"],
                 "sampling_s_per_epoch": t["sampling_s_per_epoch"] * scale,
+                "feature_fetch_s_per_epoch": t["feature_fetch_s_per_epoch"] * scale,
                 "model_s_per_epoch": t["model_s_per_epoch"] * scale,
                 "club_fit_s_per_epoch": t["club_fit_s_per_epoch"] * scale,
                 "epoch_s_estimate": t["train_s_per_epoch"] * scale,

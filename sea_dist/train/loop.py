@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,8 @@ class Progress:
 
 @dataclass
 class EpochTimes:
-    sampling_s: float = 0.0
+    sampling_s: float = 0.0  # DGL sampling and block conversion
+    feature_fetch_s: float = 0.0  # gathering the batch's raw feature rows
     model_s: float = 0.0
     club_fit_s: float = 0.0
     eval_s: float = 0.0
@@ -184,6 +186,7 @@ class Trainer:
 
     def train_step(self, users, pos, neg, times: EpochTimes, loss_rng) -> LossTerms:
         tick = time.monotonic()
+        fetch_before = times.feature_fetch_s
         users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
         if self.full_graph_mode:
             sampled = time.monotonic()
@@ -196,9 +199,11 @@ class Trainer:
             neg_scores = (u * item_rep[neg_t.to(self.device)]).sum(1)
         else:
             batch = self.sampler.sample(users_t, pos_t, neg_t)
+            fetch_started = time.monotonic()
             inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
             batch = batch.to(self.device)
             sampled = time.monotonic()
+            times.feature_fetch_s += sampled - fetch_started
             out = self.step_model(batch, inputs, self.tables)
             pos_scores, neg_scores, views = out.pos_scores, out.neg_scores, out.views
         terms = sea_losses(
@@ -228,7 +233,7 @@ class Trainer:
         if self.table_optimizer is not None:
             self.table_optimizer.step()
         done = time.monotonic()
-        times.sampling_s += sampled - tick
+        times.sampling_s += sampled - tick - (times.feature_fetch_s - fetch_before)
         times.model_s += (backward_done - sampled) + (done - fitted)
         times.club_fit_s += fitted - backward_done
         return terms
@@ -268,6 +273,7 @@ class Trainer:
             "best_epoch": p.best_epoch,
             "train_s": round(times.train_s, 3),
             "sampling_s": round(times.sampling_s, 3),
+            "feature_fetch_s": round(times.feature_fetch_s, 3),
             "model_s": round(times.model_s, 3),
             "club_fit_s": round(times.club_fit_s, 3),
             "eval_s": round(times.eval_s, 3),
@@ -285,6 +291,7 @@ class Trainer:
                 f"{score:.4f} | test {metric} {test[metric]:.4f} | "
                 f"{times.train_s:.1f}s train, {times.eval_s:.1f}s eval"
                 + (" *" if improved else ""),
+                file=sys.stderr,  # progress on stderr; stdout carries results (tables, JSON)
                 flush=True,
             )
         return improved
@@ -370,6 +377,7 @@ class Trainer:
                 "train_edges_per_s": float(edges.sum()) / train_s,
                 "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
                 "sampling_s_per_epoch": totals.sampling_s / epochs_run,
+                "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_run,
                 "model_s_per_epoch": totals.model_s / epochs_run,
                 "club_fit_s_per_epoch": totals.club_fit_s / epochs_run,
                 "eval_s_per_epoch": totals.eval_s / epochs_run,
