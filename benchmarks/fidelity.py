@@ -23,11 +23,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=999)
     p.add_argument("--club-fit", default="as_published", choices=["as_published", "within_modality", "both"])
+    p.add_argument("--modes", default="full_graph,sampled", help="which of full_graph,sampled to run")
     args = p.parse_args()
     club_modes = ["as_published", "within_modality"] if args.club_fit == "both" else [args.club_fit]
     for club_fit in club_modes:
         results = {}
-        for mode in ("full_graph", "sampled"):
+        for mode in args.modes.split(","):
             summary = train(
                 {
                     "data.root": args.root,
@@ -56,6 +57,8 @@ def main() -> None:
                     "wall_s": summary["wall_s"],
                 }
             )
+        if set(results) != {"full_graph", "sampled"}:
+            continue
         full = results["full_graph"]["valid"][METRIC]
         sampled = results["sampled"]["valid"][METRIC]
         emit(
