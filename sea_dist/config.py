@@ -121,6 +121,22 @@ class OutputConfig:
 
 
 @dataclass
+class MetricsConfig:
+    port: int = _opt(
+        0,
+        "Prometheus base port: the driver serves on port-1, worker with local rank r on "
+        "port+r (no collisions on a shared node); 0 disables the endpoints",
+    )
+    host: str = _opt(
+        "127.0.0.1", "address the metrics endpoints bind (0.0.0.0 inside a pod to be scraped)"
+    )
+    pushgateway_url: str = _opt(
+        "", "Pushgateway for the run's final metrics (batch-job convention); empty = none"
+    )
+    push_job: str = _opt("sea_dist", "Pushgateway job name (one group per deployment)")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -128,3 +144,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

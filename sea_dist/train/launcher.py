@@ -21,6 +21,13 @@ from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides, config_to_dict
 from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
+from sea_dist.ops.metrics import (
+    MetricsIdentity,
+    TrainingMetrics,
+    driver_port,
+    push_run_result,
+    worker_port,
+)
 from sea_dist.train.checkpoint import load_checkpoint
 from sea_dist.train.distributed import WorkerContext
 
@@ -81,13 +88,42 @@ def read_summary(cfg: Config) -> dict:
 
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
-    load_meta(cfg.data.root, cfg.data.s3_endpoint_url)  # fail fast, before any worker starts
+    meta = load_meta(cfg.data.root, cfg.data.s3_endpoint_url)  # fail fast, before workers start
     _write_run_record(cfg)
-    if cfg.train.full_graph:
-        run_local(cfg)
-    else:
-        run_ray(cfg)
-    return read_summary(cfg)
+    identity = MetricsIdentity(cfg.train.run_name, "driver", meta.version)
+    started = time.monotonic()
+    try:
+        if cfg.train.full_graph:
+            run_local(cfg, meta.version)
+        else:
+            run_ray(cfg, meta.version)
+        summary = read_summary(cfg)
+    except BaseException:
+        if cfg.metrics.pushgateway_url:
+            _push_quietly(cfg, identity, False, time.monotonic() - started)
+        raise
+    if cfg.metrics.pushgateway_url:
+        finals = {"test": summary["test"], "valid": summary["valid"]}
+        _push_quietly(cfg, identity, True, time.monotonic() - started, finals)
+    return summary
+
+
+def _push_quietly(cfg: Config, identity, succeeded: bool, duration_s: float, finals=None) -> None:
+    """A Pushgateway outage must not fail (or mask the error of) the training run."""
+    try:
+        push_run_result(
+            cfg.metrics.pushgateway_url, cfg.metrics.push_job, identity, succeeded, duration_s, finals
+        )
+    except Exception as error:  # noqa: BLE001 - reported, never fatal
+        log.warning("could not push run metrics to %s: %s", cfg.metrics.pushgateway_url, error)
+
+
+def _worker_metrics(cfg: Config, rank: str, local_rank: int, dataset_version: str):
+    if not cfg.metrics.port:
+        return None
+    metrics = TrainingMetrics(MetricsIdentity(cfg.train.run_name, rank, dataset_version))
+    metrics.serve(cfg.metrics.host, worker_port(cfg.metrics.port, local_rank))
+    return metrics
 
 
 # ---- one process: full-graph mode -----------------------------------------------------------
@@ -119,7 +155,7 @@ class LocalCheckpoints:
             shutil.rmtree(os.path.join(self.root, old))
 
 
-def run_local(cfg: Config) -> dict:
+def run_local(cfg: Config, dataset_version: str = "") -> dict:
     """Full-graph mode (or a 1-process sampled run) in this process, no Ray."""
     from sea_dist.train.loop import Trainer  # heavy imports only where training happens
 
@@ -133,7 +169,8 @@ def run_local(cfg: Config) -> dict:
             raise SystemExit(f"--resume: no checkpoint under {checkpoints.root}")
         resume_state = load_checkpoint(latest)
     ctx = WorkerContext(report=checkpoints.report)
-    trainer = Trainer(cfg, ctx, resume_state=resume_state)
+    metrics = _worker_metrics(cfg, "0", 0, dataset_version)
+    trainer = Trainer(cfg, ctx, resume_state=resume_state, metrics=metrics)
     summary = trainer.fit()
     trainer.write_outputs(summary)
     return summary
@@ -148,6 +185,7 @@ def ray_train_worker(loop_config: dict) -> None:
     from sea_dist.train.loop import Trainer
 
     cfg = apply_overrides(Config(), loop_config["config"])
+    dataset_version = loop_config["dataset_version"]
     _quiet_ray_report_logs()
     # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
     torch.set_num_threads(max(int(cfg.train.cpus_per_worker), 1))
@@ -169,7 +207,8 @@ def ray_train_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume_state = load_checkpoint(directory, map_location=device)
-    trainer = Trainer(cfg, ctx, resume_state=resume_state)
+    metrics = _worker_metrics(cfg, str(ctx.rank), context.get_local_rank(), dataset_version)
+    trainer = Trainer(cfg, ctx, resume_state=resume_state, metrics=metrics)
     summary = trainer.fit()
     if ctx.is_main:
         trainer.write_outputs(summary)
@@ -207,7 +246,51 @@ def storage_for(cfg: Config):
     return path, None
 
 
-def run_ray(cfg: Config) -> None:
+class DriverMetricsCallback:
+    """Exports run-level series from the Ray Train controller (the driver side of a run).
+
+    Built lazily on the controller: the callback is pickled there, a registry is not.
+    """
+
+    def __init__(self, cfg: Config, dataset_version: str):
+        self.host, self.port = cfg.metrics.host, driver_port(cfg.metrics.port)
+        self.identity = MetricsIdentity(cfg.train.run_name, "driver", dataset_version)
+        self.metrics = None
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self.metrics is None:
+            self.metrics = TrainingMetrics(self.identity)
+            self.metrics.serve(self.host, self.port)
+        if not metrics:
+            return
+        first = metrics[0]
+        losses = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("loss/")}
+        evaluations: dict[str, dict] = {}
+        for key, value in first.items():
+            split, _, name = key.partition("/")
+            if split in ("valid", "test") and name:
+                evaluations.setdefault(split, {})[name] = value
+        total_edges_per_s = sum(m.get("train_edges_per_s", 0.0) for m in metrics)
+        self.metrics.record_epoch(int(first.get("epoch", 0)), losses, evaluations, total_edges_per_s)
+        if checkpoint is not None:
+            self.metrics.record_checkpoint(_directory_size(checkpoint))
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        pass
+
+
+def _directory_size(checkpoint) -> int:
+    try:
+        fs, path = checkpoint.filesystem, checkpoint.path
+        import pyarrow.fs
+
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+        return int(sum(i.size or 0 for i in infos))
+    except Exception:  # noqa: BLE001 - a size is informative only
+        return 0
+
+
+def run_ray(cfg: Config, dataset_version: str = "") -> None:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -230,7 +313,7 @@ def run_ray(cfg: Config) -> None:
     storage_path, storage_fs = storage_for(cfg)
     trainer = TorchTrainer(
         ray_train_worker,
-        train_loop_config={"config": config_to_dict(cfg)},
+        train_loop_config={"config": config_to_dict(cfg), "dataset_version": dataset_version},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -241,6 +324,9 @@ def run_ray(cfg: Config) -> None:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=0),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[_as_ray_callback(DriverMetricsCallback(cfg, dataset_version))]
+            if cfg.metrics.port
+            else None,
         ),
     )
     try:
@@ -250,6 +336,19 @@ def run_ray(cfg: Config) -> None:
         if cause is not None:
             raise cause from None
         raise
+
+
+def _as_ray_callback(callback: DriverMetricsCallback):
+    from ray.train import UserCallback
+
+    class _Callback(UserCallback):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.inner.after_report(run_context, metrics, checkpoint)
+
+    return _Callback(callback)
 
 
 def _dataset_error_in(error: BaseException) -> DatasetError | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -32,7 +33,9 @@ from sea_dist.graph.dgl_compat import dgl
 from sea_dist.graph.sampler import BatchSampler
 from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club, sea_losses
 from sea_dist.model.sea import SEA, UserTables
+from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
+from sea_dist.ops.report import render_report
 from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
@@ -79,8 +82,10 @@ class Trainer:
         ctx: WorkerContext,
         dataset: Dataset | None = None,
         resume_state: dict | None = None,
+        metrics: TrainingMetrics | None = None,
     ):
         self.cfg, self.ctx = cfg, ctx
+        self.metrics = metrics
         self.full_graph_mode = cfg.train.full_graph
         self.device = ctx.device
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
@@ -181,12 +186,15 @@ class Trainer:
                 sums[name] += value
             times.edges += len(users)
             times.steps += 1
+            if self.metrics is not None:
+                self.metrics.record_step(len(users), *self._last_step_io)
         times.train_s = time.monotonic() - started
         return {k: v / max(steps, 1) for k, v in sums.items()}, times
 
     def train_step(self, users, pos, neg, times: EpochTimes, loss_rng) -> LossTerms:
         tick = time.monotonic()
         fetch_before = times.feature_fetch_s
+        fetched_bytes = 0
         users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
         if self.full_graph_mode:
             sampled = time.monotonic()
@@ -201,6 +209,7 @@ class Trainer:
             batch = self.sampler.sample(users_t, pos_t, neg_t)
             fetch_started = time.monotonic()
             inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
+            fetched_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
             batch = batch.to(self.device)
             sampled = time.monotonic()
             times.feature_fetch_s += sampled - fetch_started
@@ -233,7 +242,9 @@ class Trainer:
         if self.table_optimizer is not None:
             self.table_optimizer.step()
         done = time.monotonic()
-        times.sampling_s += sampled - tick - (times.feature_fetch_s - fetch_before)
+        fetch_s = times.feature_fetch_s - fetch_before
+        times.sampling_s += sampled - tick - fetch_s
+        self._last_step_io = (sampled - tick - fetch_s, fetch_s, fetched_bytes)
         times.model_s += (backward_done - sampled) + (done - fitted)
         times.club_fit_s += fitted - backward_done
         return terms
@@ -281,6 +292,10 @@ class Trainer:
             "steps": times.steps,
         }
         p.history.append(record)
+        if self.metrics is not None:
+            self.metrics.record_epoch(epoch, losses, {"valid": valid, "test": test}, record["train_edges_per_s"])
+            # features live in this worker's memory: every row is served locally
+            self.metrics.record_cache(1.0)
         if self.outputs is not None:
             self.outputs.append_metrics(record)
         if self.ctx.is_main:
@@ -304,7 +319,9 @@ class Trainer:
         want_checkpoint = (epoch + 1) % every == 0 or stop or epoch + 1 == self.cfg.train.epochs
         if want_checkpoint and self.ctx.is_main:
             with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
-                save_checkpoint(directory, self.state_dict())
+                path = save_checkpoint(directory, self.state_dict())
+                if self.metrics is not None:
+                    self.metrics.record_checkpoint(os.path.getsize(path))
                 self.ctx.report(metrics, directory)
         else:
             self.ctx.report(metrics, None)
@@ -390,11 +407,12 @@ class Trainer:
         }
 
     def write_outputs(self, summary: dict) -> None:
-        """Rank 0: the best epoch's embeddings (raw ids) and summary.json, summary last."""
+        """Rank 0: the best epoch's embeddings (raw ids), report.html, then summary.json."""
         if self.outputs is None:
             return
         if self.cfg.output.write_embeddings:
             user_rep, item_rep = self.embeddings()
             self.outputs.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
             self.outputs.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
+        self.outputs.write_text("report.html", render_report(summary, self.progress.history))
         self.outputs.write_summary(summary)
