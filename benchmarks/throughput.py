@@ -2,8 +2,9 @@
 """Throughput of sampled training (2 Ray workers) on two tiers, JSON lines on stdout.
 
 - ``default``: the bundled default dataset (5k users, 2k items, image 256 + text 128);
-- ``baby``: a Baby-sized synthetic catalog (19,445 users, 7,050 items, 160,792 interactions,
-  image 4096 + text 384, MMRec's dims).
+- ``baby``: the real Amazon Baby interaction graph (19,445 users, 7,050 items, 160,792
+  interactions, ../shared/data/amazon-baby) with generated features of MMRec's dims (image 4096,
+  text 384).
 
 Per tier: train edges/s per worker, sampling / model / CLUB-fit seconds per epoch (measured
 over ``--steps`` batches and scaled to a full epoch), and full-ranking evaluation seconds.
@@ -18,21 +19,7 @@ import os
 
 from _common import emit, train
 
-from sea_dist.data.synthetic import SyntheticSpec, cache_dir, write_synthetic
-
-BABY = SyntheticSpec(
-    n_users=19445, n_items=7050, n_interactions=160792, modalities={"image": 4096, "text": 384},
-    name="synthetic-baby",
-)
-
-
-def tier_root(name: str) -> str:
-    if name == "default":
-        return ""
-    root = os.path.join(cache_dir(), "bench", BABY.name)
-    if not os.path.exists(os.path.join(root, "dataset.json")):
-        write_synthetic(BABY, root)
-    return root
+from _tiers import tier_root
 
 
 def main() -> None:
