@@ -95,6 +95,16 @@ class TrainConfig:
     patience: int = _opt(20, "early stopping: epochs without a better validation metric")
     seed: int = _opt(999, "random seed (MMRec's default)")
     checkpoint_every_epochs: int = _opt(1, "write a checkpoint every N epochs")
+    checkpoint_every_steps: int = _opt(
+        0,
+        "also checkpoint every N training steps inside an epoch (0 = epoch ends only); "
+        "bounds the work a worker failure loses",
+    )
+    max_failures: int = _opt(
+        2,
+        "Ray Train worker-group restarts after a worker dies (resuming from the latest "
+        "checkpoint) before the run fails",
+    )
     resume: bool = _opt(False, "continue the run named run_name from its latest checkpoint")
     run_name: str = _opt("", "Ray Train run name (checkpoints under storage_path/run_name)")
     storage_path: str = _opt(

@@ -34,6 +34,7 @@ from sea_dist.train.distributed import WorkerContext
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
+EPOCH_END_STEP = 99_999_999  # sorts an epoch-end checkpoint after that epoch's step ones
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -128,8 +129,9 @@ def _worker_metrics(cfg: Config, rank: str, local_rank: int, dataset_version: st
 
 # ---- one process: full-graph mode -----------------------------------------------------------
 class LocalCheckpoints:
-    """Checkpoints of a run without Ray: ``<storage>/<run>/epoch_NNNNN/``, newest kept plus
-    the previous one (a crash while writing the newest still leaves a good one)."""
+    """Checkpoints of a run without Ray: ``<storage>/<run>/ckpt_EEEEE_SSSSSSSS/`` (epoch, and
+    the next step for a mid-epoch one; epoch ends sort last), newest kept plus the previous
+    one (a crash while writing the newest still leaves a good one)."""
 
     def __init__(self, storage_path: str, run_name: str, keep: int = 2):
         self.root = os.path.join(storage_path, run_name)
@@ -138,20 +140,23 @@ class LocalCheckpoints:
     def latest(self) -> str | None:
         if not os.path.isdir(self.root):
             return None
-        found = sorted(d for d in os.listdir(self.root) if d.startswith("epoch_") and "." not in d)
+        found = self._complete()
         return os.path.join(self.root, found[-1]) if found else None
+
+    def _complete(self) -> list[str]:
+        return sorted(d for d in os.listdir(self.root) if d.startswith("ckpt_") and "." not in d)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
             return
-        target = os.path.join(self.root, f"epoch_{metrics['epoch']:05d}")
+        step = metrics.get("step", EPOCH_END_STEP) if metrics.get("kind") == "step" else EPOCH_END_STEP
+        target = os.path.join(self.root, f"ckpt_{metrics['epoch']:05d}_{step:08d}")
         staging = target + ".partial"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(checkpoint_dir, staging)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)  # only complete checkpoints carry the epoch_ name
-        found = sorted(d for d in os.listdir(self.root) if d.startswith("epoch_") and "." not in d)
-        for old in found[: -self.keep]:
+        for old in self._complete()[: -self.keep]:
             shutil.rmtree(os.path.join(self.root, old))
 
 
@@ -264,6 +269,10 @@ class DriverMetricsCallback:
         if not metrics:
             return
         first = metrics[0]
+        if checkpoint is not None:
+            self.metrics.record_checkpoint(_directory_size(checkpoint))
+        if first.get("kind") != "epoch":
+            return
         losses = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("loss/")}
         evaluations: dict[str, dict] = {}
         for key, value in first.items():
@@ -272,8 +281,6 @@ class DriverMetricsCallback:
                 evaluations.setdefault(split, {})[name] = value
         total_edges_per_s = sum(m.get("train_edges_per_s", 0.0) for m in metrics)
         self.metrics.record_epoch(int(first.get("epoch", 0)), losses, evaluations, total_edges_per_s)
-        if checkpoint is not None:
-            self.metrics.record_checkpoint(_directory_size(checkpoint))
 
     def after_exception(self, run_context, worker_exceptions) -> None:
         pass
@@ -322,7 +329,7 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
             name=cfg.train.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[_as_ray_callback(DriverMetricsCallback(cfg, dataset_version))]
             if cfg.metrics.port

@@ -61,6 +61,8 @@ class Progress:
     best_valid: dict = field(default_factory=dict)
     best_test: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    # set by a mid-epoch checkpoint: {"epoch", "next_step", "sums", "times"}
+    partial_epoch: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Trainer:
             self.step_model = DistributedDataParallel(self.model)
 
         self.progress = Progress()
+        self.epochs_trained_here = 0  # for per-epoch averages after a resume
         self.best_state: dict | None = None
         if resume_state is not None:
             self.load_state(resume_state)
@@ -155,6 +158,7 @@ class Trainer:
             valid, test, eval_s = self.validate()
             times.eval_s = eval_s
             self._accumulate(totals, times)
+            self.epochs_trained_here += 1
             improved = self._record_epoch(epoch, losses, valid, test, times)
             stop = self.progress.bad_epochs >= cfg.train.patience
             self._checkpoint_and_report(epoch, improved, stop)
@@ -169,17 +173,19 @@ class Trainer:
         plan = EpochPlan(
             self.train_users, self.train_items, self.negatives, cfg.train.batch_size, cfg.train.seed, epoch
         )
-        # Per-rank random streams (sampling, the bound's permutation), derived from
-        # (seed, epoch, rank) so a resumed epoch replays exactly.
-        dgl.seed(cfg.train.seed * 1000 + epoch * 16 + ctx.rank)
-        loss_rng = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 64 + ctx.rank)
         steps = plan.num_steps(ctx.world_size)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        times = EpochTimes()
-        started = time.monotonic()
-        for step in range(steps):
+        partial = self.progress.partial_epoch if self.progress.partial_epoch.get("epoch") == epoch else {}
+        first_step = partial.get("next_step", 0)
+        sums = dict(partial.get("sums") or dict.fromkeys(LOSS_TERMS, 0.0))
+        times = EpochTimes(**partial["times"]) if partial else EpochTimes()
+        if first_step:
+            log.info("epoch %d: resuming at step %d of %d", epoch, first_step, steps)
+        started, train_s_before = time.monotonic(), times.train_s
+        every = cfg.train.checkpoint_every_steps
+        for step in range(first_step, steps):
+            loss_rng = self._seed_step(epoch, step)
             users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
             terms = self.train_step(users, pos, neg, times, loss_rng)
             for name, value in terms.as_floats().items():
@@ -188,8 +194,22 @@ class Trainer:
             times.steps += 1
             if self.metrics is not None:
                 self.metrics.record_step(len(users), *self._last_step_io)
-        times.train_s = time.monotonic() - started
+            if every and (step + 1) % every == 0 and step + 1 < steps:
+                times.train_s = train_s_before + time.monotonic() - started
+                self.progress.partial_epoch = {
+                    "epoch": epoch, "next_step": step + 1, "sums": dict(sums), "times": asdict(times)
+                }
+                self._report({"epoch": epoch, "step": step + 1, "kind": "step"}, checkpoint=True)
+        self.progress.partial_epoch = {}
+        times.train_s = train_s_before + time.monotonic() - started
         return {k: v / max(steps, 1) for k, v in sums.items()}, times
+
+    def _seed_step(self, epoch: int, step: int) -> torch.Generator:
+        """Per-(epoch, step, rank) random streams for sampling and the CLUB bound's
+        permutation: a run resumed at any step replays exactly what it would have done."""
+        key = ((self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + step) * 64 + self.ctx.rank
+        dgl.seed(key % (2**31))
+        return torch.Generator().manual_seed(key % (2**63))
 
     def train_step(self, users, pos, neg, times: EpochTimes, loss_rng) -> LossTerms:
         tick = time.monotonic()
@@ -312,12 +332,16 @@ class Trainer:
         return improved
 
     def _checkpoint_and_report(self, epoch: int, improved: bool, stop: bool) -> None:
-        if self.ctx.report is None:
-            return
-        metrics = dict(self.progress.history[-1])
         every = max(self.cfg.train.checkpoint_every_epochs, 1)
         want_checkpoint = (epoch + 1) % every == 0 or stop or epoch + 1 == self.cfg.train.epochs
-        if want_checkpoint and self.ctx.is_main:
+        self._report(dict(self.progress.history[-1], kind="epoch"), checkpoint=want_checkpoint)
+
+    def _report(self, metrics: dict, checkpoint: bool) -> None:
+        """Every rank reports (Ray requires the same number of calls); rank 0 attaches the
+        checkpoint."""
+        if self.ctx.report is None:
+            return
+        if checkpoint and self.ctx.is_main:
             with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
                 path = save_checkpoint(directory, self.state_dict())
                 if self.metrics is not None:
@@ -370,7 +394,7 @@ class Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
             self.tables.load_state_dict(self.best_state["tables"])
-        epochs_run = max(len(p.history), 1)
+        epochs_here = max(self.epochs_trained_here, 1)
         train_s = max(totals.train_s, 1e-9)
         return {
             "mode": "full_graph" if self.full_graph_mode else "sampled",
@@ -393,12 +417,12 @@ class Trainer:
             "throughput": {
                 "train_edges_per_s": float(edges.sum()) / train_s,
                 "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
-                "sampling_s_per_epoch": totals.sampling_s / epochs_run,
-                "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_run,
-                "model_s_per_epoch": totals.model_s / epochs_run,
-                "club_fit_s_per_epoch": totals.club_fit_s / epochs_run,
-                "eval_s_per_epoch": totals.eval_s / epochs_run,
-                "train_s_per_epoch": totals.train_s / epochs_run,
+                "sampling_s_per_epoch": totals.sampling_s / epochs_here,
+                "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_here,
+                "model_s_per_epoch": totals.model_s / epochs_here,
+                "club_fit_s_per_epoch": totals.club_fit_s / epochs_here,
+                "eval_s_per_epoch": totals.eval_s / epochs_here,
+                "train_s_per_epoch": totals.train_s / epochs_here,
             },
             "peak_rss_mb_per_worker": [round(float(v), 1) for v in rss.flatten()],
             "wall_s": wall_s,
