@@ -218,10 +218,8 @@ class Trainer:
         users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
         if self.full_graph_mode:
             sampled = time.monotonic()
-            user_rep, item_rep, item_z = self.model.forward_full(
-                self.features, self.tables, self.full_graph
-            )
-            views = self.model.auxiliary_views(item_z)
+            user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
+            views = self.model.auxiliary_views(self.features)
             u = user_rep[users_t.to(self.device)]
             pos_scores = (u * item_rep[pos_t.to(self.device)]).sum(1)
             neg_scores = (u * item_rep[neg_t.to(self.device)]).sum(1)
@@ -273,7 +271,7 @@ class Trainer:
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's and item's final representation (eval mode, full propagation)."""
         self.model.eval()
-        user_rep, item_rep, _ = self.model.forward_full(self.features, self.tables, self.full_graph)
+        user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
         self.model.train()
         return user_rep, item_rep
 

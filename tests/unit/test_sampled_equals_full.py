@@ -30,7 +30,7 @@ def test_full_fanout_sampling_matches_full_graph(n_mm_layers):
     tables = UserTables(n_users, list(features), cfg.embedding_dim)
     feats = {m: torch.from_numpy(f) for m, f in features.items()}
     with torch.no_grad():
-        user_rep, item_rep, _ = model.forward_full(feats, tables, graph.full_graph())
+        user_rep, item_rep = model.forward_full(feats, tables, graph.full_graph())
 
     max_degree = int(max(graph.user_degree.max(), graph.item_degree.max()))
     sampler = BatchSampler(graph, [max_degree, max_degree + 3], knn_fanout=-1, n_mm_layers=n_mm_layers)
@@ -58,7 +58,7 @@ def test_small_fanout_is_unbiased_on_average():
     tables = UserTables(40, list(features), cfg.embedding_dim)
     feats = {m: torch.from_numpy(f) for m, f in features.items()}
     with torch.no_grad():
-        user_rep, item_rep, _ = model.forward_full(feats, tables, graph.full_graph())
+        user_rep, item_rep = model.forward_full(feats, tables, graph.full_graph())
     bu, bp, bn = torch.tensor([0, 5]), torch.tensor([1, 2]), torch.tensor([3, 4])
     expected = (user_rep[bu] * item_rep[bp]).sum(1)
     sampler = BatchSampler(graph, [2, 2], knn_fanout=3)
@@ -74,3 +74,19 @@ def test_small_fanout_is_unbiased_on_average():
     mean = torch.stack(draws).mean(0)
     scale = expected.abs().max()
     assert torch.allclose(mean, expected, atol=0.05 * scale), (mean, expected)
+
+
+def test_folded_linears_equal_the_plain_composition():
+    """The folded order of linear_after_linear computes outer(L(x)) (associativity)."""
+    from torch import nn
+
+    from sea_dist.model.sea import linear_after_linear
+
+    torch.manual_seed(0)
+    inner, outer = nn.Linear(12, 12), nn.Linear(12, 3)
+    for rows in (2, 40):  # below and above the switch to the folded order
+        x = torch.randn(rows, 12)
+        expected = outer(inner(x))
+        torch.testing.assert_close(linear_after_linear(x, outer, inner.weight, inner.bias), expected)
+        half = linear_after_linear(x, nn.Linear(6, 3).requires_grad_(False), inner.weight[:6], inner.bias[:6])
+        assert half.shape == (rows, 3)
