@@ -571,8 +571,9 @@ def build_movielens_100k(
 
     ``limit_users`` keeps the first N users by id (all of their interactions) and still every
     item. ``text_encoder`` replaces all-MiniLM-L6-v2 (``texts -> [n, even dim]``), e.g. in tests;
-    ``progress`` gets one-line messages (``None``: silent). See the module docstring for what
-    is built and why.
+    ``encoder_batch_size`` / ``encoder_threads`` tune the MiniLM encoder; ``progress`` gets
+    one-line messages (``None``: silent); ``source`` names a folder with the MovieLens files
+    (see :func:`locate_movielens_100k`). See the module docstring for what is built and why.
     """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()

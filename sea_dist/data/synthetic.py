@@ -21,6 +21,11 @@ Raw ids are deliberately not contiguous (users ``1000 + 3u``, items ``10**6 + 7i
 interactions are written in shuffled order, so the loader's id mapping is always exercised.
 Everything is vectorised; the default tier generates in well under a second, the Baby-like
 tier (19k x 7k x 160k, 4096 + 384 dims) in a few seconds.
+
+Catalog-size tiers do not fit this exact, all-in-memory sampler (it scores every user against
+every item): the CLI hands specs above :data:`STREAM_THRESHOLD` interactions (or any with
+``--stream``) to :mod:`sea_dist.data.synthetic_stream`, which generates the same kind of planted
+structure chunk by chunk in bounded memory (dense ids ``0..n-1``, rows grouped by user).
 """
 from __future__ import annotations
 
@@ -55,6 +60,9 @@ __all__ = [
 #: Bump whenever the generator's output for a given spec changes: the bundled default
 #: dataset's cache path includes it, so old caches are never mistaken for the new data.
 GENERATOR_VERSION = "1"
+
+#: The CLI switches to the streaming generator above this many interactions (or with --stream).
+STREAM_THRESHOLD = 1_000_000
 
 USER_ID_BASE, USER_ID_STEP = 1000, 3
 ITEM_ID_BASE, ITEM_ID_STEP = 10**6, 7
@@ -350,7 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items-per-shard", type=int, default=100_000)
     p.add_argument("--interactions-per-shard", type=int, default=1_000_000)
     p.add_argument("--s3-endpoint-url", default="", help="S3 endpoint override (S3-compatible stores)")
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"use the bounded-memory streaming generator (default: when --interactions > {STREAM_THRESHOLD:,})",
+    )
+    p.add_argument(
+        "--users-per-chunk",
+        type=int,
+        default=None,
+        help="streaming only: users per interactions part file (default: about --interactions-per-shard rows)",
+    )
     a = p.parse_args(argv)
+    if a.stream if a.stream is not None else a.interactions > STREAM_THRESHOLD:
+        return _main_stream(a, d)
     spec = SyntheticSpec(
         n_users=a.users,
         n_items=a.items,
@@ -378,6 +400,37 @@ def main(argv: list[str] | None = None) -> int:
             interactions_per_shard=a.interactions_per_shard,
             s3_endpoint_url=a.s3_endpoint_url,
         )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _main_stream(a: argparse.Namespace, d: SyntheticSpec) -> int:
+    """The CLI's large-tier path: same flags, :func:`sea_dist.data.synthetic_stream.write_stream`."""
+    from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # imports this module
+
+    users_per_chunk = a.users_per_chunk
+    if users_per_chunk is None:  # part files of about --interactions-per-shard rows
+        users_per_chunk = max(1, a.interactions_per_shard * max(a.users, 1) // max(a.interactions, 1))
+    spec = StreamSpec(
+        n_users=a.users,
+        n_items=a.items,
+        n_interactions=a.interactions,
+        modalities={"image": a.image_dim, "text": a.text_dim},
+        seed=a.seed,
+        name=a.name or f"synthetic-{a.users}x{a.items}",
+        users_per_chunk=users_per_chunk,
+        items_per_shard=a.items_per_shard,
+        feature_dtype=a.feature_dtype,
+    )
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+    try:
+        write_stream(spec, a.out, s3_endpoint_url=a.s3_endpoint_url, progress=say)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

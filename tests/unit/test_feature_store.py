@@ -1,0 +1,167 @@
+"""FeatureStore: ranged row-group reads of feature shards, locally and on S3 (moto).
+
+The dataset: 200 items with raw ids 1000, 1003, 1006, ... (gaps between ids, so an id inside a
+row group's [min, max] can still be missing), modality ``img`` (dim 8), 4 shards of at most 64
+rows, row groups of 16 rows -> 13 row groups.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sea_dist.data.dataset import DatasetError, DatasetMeta, write_dataset
+from sea_dist.data.feature_store import FeatureStore, FetchStats, open_feature_stores
+
+from tests.conftest import MOTO_BUCKET
+
+N_ITEMS, DIM, RG, PER_SHARD = 200, 8, 16, 64
+ITEM_IDS = 1000 + 3 * np.arange(N_ITEMS, dtype=np.int64)
+
+
+def _features(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"img": rng.standard_normal((N_ITEMS, DIM)).astype(np.float32),
+            "txt": rng.standard_normal((N_ITEMS, 4)).astype(np.float32)}
+
+
+def _write(root: str, feature_dtype: str = "float32", s3_endpoint_url: str = "") -> dict[str, np.ndarray]:
+    feats = _features()
+    users = np.array([1, 1, 1], dtype=np.int64)
+    items = ITEM_IDS[:3]
+    meta = DatasetMeta(
+        name="fs-test", version="1", n_users=1, n_items=N_ITEMS, n_interactions=3,
+        modalities={"img": DIM, "txt": 4}, splits={"train": 1, "valid": 1, "test": 1},
+    )
+    # write items in a shuffled order: write_dataset sorts them by id, as the contract wants
+    perm = np.random.default_rng(1).permutation(N_ITEMS)
+    write_dataset(
+        root, meta, users, items, np.array([0, 1, 2], dtype=np.int8),
+        {m: f[perm] for m, f in feats.items()}, ITEM_IDS[perm],
+        items_per_shard=PER_SHARD, row_group_size=RG, feature_dtype=feature_dtype,
+        s3_endpoint_url=s3_endpoint_url,
+    )
+    return feats
+
+
+def _request(seed: int = 2) -> np.ndarray:
+    """A shuffled subset from the first half of the catalog, with duplicates."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(N_ITEMS // 2, size=30, replace=False)
+    idx = np.concatenate([idx, idx[:7], idx[3:5]])
+    rng.shuffle(idx)
+    return idx
+
+
+@pytest.fixture(scope="module")
+def local_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, np.ndarray]]:
+    root = str(tmp_path_factory.mktemp("fs") / "ds")
+    return root, _write(root)
+
+
+def _check_fetch_and_cache(store: FeatureStore, feats: np.ndarray) -> None:
+    assert store.stats.bytes_read == 0  # footers only at open
+    assert store.num_rows == N_ITEMS and store.num_row_groups == 13 and store.dim == DIM
+    idx = _request()
+    got = store.fetch(ITEM_IDS[idx])
+    assert got.dtype == np.float32 and got.shape == (idx.size, DIM)
+    np.testing.assert_array_equal(got, feats[idx])  # requested order, duplicates included
+
+    s = store.stats.snapshot()
+    assert s.rows_served == idx.size and s.cache_misses == idx.size and s.cache_hits == 0
+    # ids from the first half (rows < 100) live in row groups 0..6: the rest are skipped
+    assert s.row_groups_skipped >= 6 and s.row_groups_read <= 7
+    assert 0 < s.bytes_read < store.total_bytes
+    assert s.seconds > 0
+
+    again = store.fetch(ITEM_IDS[idx[::-1]])
+    np.testing.assert_array_equal(again, feats[idx[::-1]])
+    d = store.take_stats()
+    assert d.bytes_read == s.bytes_read and d.row_groups_read == s.row_groups_read  # nothing new read
+    assert d.cache_hits == idx.size and d.cache_misses == idx.size
+    assert store.stats == FetchStats()  # reset by take_stats
+
+
+def test_fetch_local_requested_order_skips_and_caches(local_root):
+    root, feats = local_root
+    _check_fetch_and_cache(FeatureStore(root, "img"), feats["img"])
+
+
+def test_fetch_s3_requested_order_skips_and_caches(moto_s3):
+    root = f"s3://{MOTO_BUCKET}/feature-store/ds"
+    feats = _write(root, s3_endpoint_url=moto_s3)
+    store = FeatureStore(root, "img", dim=DIM, s3_endpoint_url=moto_s3)
+    _check_fetch_and_cache(store, feats["img"])
+    # pickles without its open files and cache (Ray tasks, DataLoader workers) and reopens
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.cached_rows == 0
+    np.testing.assert_array_equal(clone.fetch(ITEM_IDS[[199, 0, 64]]), feats["img"][[199, 0, 64]])
+    store.close()
+
+
+def test_one_row_group_read_per_range(local_root):
+    root, feats = local_root
+    store = FeatureStore(root, "img")
+    # rows 16..31 are exactly row group 1 of shard 0
+    got = store.fetch(ITEM_IDS[[31, 16, 20]])
+    np.testing.assert_array_equal(got, feats["img"][[31, 16, 20]])
+    assert store.stats.row_groups_read == 1 and store.stats.row_groups_skipped == 12
+    assert store.stats.bytes_read == store._rg_bytes[1]
+
+
+def test_float16_on_disk(tmp_path):
+    root = str(tmp_path / "ds16")
+    feats = _write(root, feature_dtype="float16")
+    store = FeatureStore(root, "img")
+    assert store.stored_dtype == np.float16
+    idx = _request(5)
+    got = store.fetch(ITEM_IDS[idx])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, feats["img"][idx].astype(np.float16).astype(np.float32))
+
+
+def test_missing_id_names_it_and_the_folder(local_root):
+    root, _ = local_root
+    store = FeatureStore(root, "img")
+    for bad in (1001, 999, 1000 + 3 * N_ITEMS, 1000 + 3 * 70 + 1):  # in a range gap, below, above, inside
+        with pytest.raises(DatasetError, match=rf"item id {bad}\b.*'img'") as e:
+            store.fetch(np.array([1000, bad, 1003], dtype=np.int64))
+        assert "features/img" in str(e.value)
+
+
+def test_bounded_cache_and_open_feature_stores(local_root):
+    root, feats = local_root
+    stores = open_feature_stores(root, {"img": DIM, "txt": 4})
+    assert set(stores) == {"img", "txt"} and stores["txt"].dim == 4
+    small = FeatureStore(root, "img", cache_rows=2 * RG)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        idx = rng.integers(0, N_ITEMS, size=50)
+        np.testing.assert_array_equal(small.fetch(ITEM_IDS[idx]), feats["img"][idx])
+        assert small.cached_rows <= 2 * RG
+    np.testing.assert_array_equal(stores["txt"].fetch(ITEM_IDS[[5, 5, 150]]), feats["txt"][[5, 5, 150]])
+    assert small.fetch(np.array([], dtype=np.int64)).shape == (0, DIM)
+    nocache = FeatureStore(root, "img", cache_rows=0)
+    nocache.fetch(ITEM_IDS[[1, 2]])
+    nocache.fetch(ITEM_IDS[[1, 2]])
+    assert nocache.stats.row_groups_read == 2 and nocache.cached_rows == 0
+
+
+def test_contract_breaches(local_root, tmp_path):
+    root, _ = local_root
+    with pytest.raises(DatasetError, match="dim 8 disagrees"):
+        FeatureStore(root, "img", dim=16)
+    with pytest.raises(DatasetError, match="no feature shards"):
+        FeatureStore(root, "audio")
+    # two shards whose id ranges overlap: not sorted across shards
+    folder = tmp_path / "bad" / "features" / "img"
+    folder.mkdir(parents=True)
+    for k, ids in enumerate((np.arange(0, 20), np.arange(10, 30))):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(ids.size * 2, np.float32)), 2)
+        pq.write_table(pa.table({"item_id": pa.array(ids, pa.int64()), "embedding": emb}),
+                       str(folder / f"part-{k:05d}.parquet"), row_group_size=8)
+    with pytest.raises(DatasetError, match="part-00001.parquet.*not sorted by item_id"):
+        FeatureStore(str(tmp_path / "bad"), "img")
