@@ -128,6 +128,12 @@ class EvalConfig:
 class OutputConfig:
     output_dir: str = _opt("runs/latest", "where summary.json, metrics.jsonl and embeddings go")
     write_embeddings: bool = _opt(True, "export final user and item embeddings as Parquet")
+    republish: bool = _opt(
+        False,
+        "train and publish even when MANIFEST.json already holds a model for this dataset "
+        "version and config (a rerun is otherwise a no-op)",
+    )
+    keep_runs: int = _opt(2, "published run prefixes kept under output_dir/runs (newest first)")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides, config_to_dict
 from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
+from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.ops.metrics import (
     MetricsIdentity,
     TrainingMetrics,
@@ -82,14 +83,35 @@ def _write_run_record(cfg: Config) -> None:
 
 
 def read_summary(cfg: Config) -> dict:
-    fs, path = make_filesystem(cfg.output.output_dir, cfg.data.s3_endpoint_url)
-    with fs.open(posixpath.join(path, "summary.json")) as f:
-        return json.load(f)
+    """The published model's summary (through MANIFEST.json)."""
+    return Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url).read_published_json("summary.json")
+
+
+def already_published(cfg: Config, dataset_version: str) -> dict | None:
+    """The manifest when this data version was already published with this config."""
+    if cfg.output.republish or cfg.train.resume:
+        return None
+    manifest = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url).read_manifest()
+    if (
+        manifest is not None
+        and manifest.get("dataset_version") == dataset_version
+        and manifest.get("config_fingerprint") == config_fingerprint(config_to_dict(cfg))
+    ):
+        return manifest
+    return None
 
 
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
     meta = load_meta(cfg.data.root, cfg.data.s3_endpoint_url)  # fail fast, before workers start
+    published = already_published(cfg, meta.version)
+    if published is not None:
+        log.info(
+            "dataset version %s with this config is already published as run %s (%s); "
+            "nothing to do (output.republish=true to train again)",
+            meta.version, published["run_id"], published["published_at"],
+        )
+        return read_summary(cfg)
     _write_run_record(cfg)
     identity = MetricsIdentity(cfg.train.run_name, "driver", meta.version)
     started = time.monotonic()

@@ -35,6 +35,7 @@ from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club, sea_lo
 from sea_dist.model.sea import SEA, UserTables
 from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
+from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.ops.report import render_report
 from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.distributed import WorkerContext
@@ -429,12 +430,24 @@ class Trainer:
         }
 
     def write_outputs(self, summary: dict) -> None:
-        """Rank 0: the best epoch's embeddings (raw ids), report.html, then summary.json."""
+        """Rank 0: stage the best epoch's embeddings (raw ids), report.html and summary.json
+        under runs/<publish_id>/, then publish them with MANIFEST.json (written last)."""
         if self.outputs is None:
             return
-        if self.cfg.output.write_embeddings:
+        cfg = self.cfg
+        publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+        publish_id = publisher.new_publish_id(cfg.train.run_name)
+        staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
+        if cfg.output.write_embeddings:
             user_rep, item_rep = self.embeddings()
-            self.outputs.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
-            self.outputs.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
-        self.outputs.write_text("report.html", render_report(summary, self.progress.history))
-        self.outputs.write_summary(summary)
+            staged.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
+            staged.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
+        staged.write_text("report.html", render_report(summary, self.progress.history))
+        staged.write_summary(summary)
+        publisher.publish(
+            cfg.train.run_name,
+            publish_id,
+            self.dataset.meta.version,
+            config_fingerprint(summary["config"]),
+            keep_runs=cfg.output.keep_runs,
+        )

@@ -31,3 +31,16 @@ def run_job(args, env_extra=None, timeout=600, cwd=REPO):
         text=True,
         timeout=timeout,
     )
+
+
+def published_summary(output_dir):
+    """summary.json of the model published under ``output_dir`` (read through the manifest)."""
+    from sea_dist.ops.publish import Publisher
+
+    return Publisher(str(output_dir)).read_published_json("summary.json")
+
+
+def published_path(output_dir, name):
+    from sea_dist.ops.publish import Publisher
+
+    return Publisher(str(output_dir)).published_file(name)

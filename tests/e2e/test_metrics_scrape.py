@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, published_path
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -144,7 +144,7 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         assert job.returncode == 0, job_out[-3000:]
         pushed = _get(f"http://127.0.0.1:{push_port}/metrics")
         assert "sea_dist_last_success_timestamp_seconds" in pushed and "sea_dist_final_metric" in pushed
-        assert (out / "report.html").exists()
+        assert os.path.exists(published_path(out, "report.html"))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, published_summary
 from tests.e2e.test_metrics_scrape import _port_block
 
 RAY = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
@@ -65,7 +65,7 @@ def test_ray_job_submit_runs_the_training_job(tiny_root, tmp_path):
         log = submit.stdout + submit.stderr
         assert submit.returncode == 0, log[-4000:]
         assert "succeeded" in log.lower()
-        summary = json.loads((out / "summary.json").read_text())
+        summary = published_summary(out)
         assert summary["mode"] == "sampled" and summary["world_size"] == 2 and summary["epochs_run"] == 2
         assert "Recall@20" in log  # the job's final table reached the submitter
     finally:

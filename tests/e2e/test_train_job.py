@@ -6,7 +6,7 @@ import tempfile
 import pyarrow.parquet as pq
 import pytest
 
-from tests.e2e.conftest import run_job
+from tests.e2e.conftest import published_path, published_summary, run_job
 
 FAST = ["train.batch_size=512", "model.club_inner_steps=5", "eval.user_batch_size=128"]
 
@@ -24,7 +24,7 @@ def test_two_ray_workers_train_checkpoint_and_resume(tiny_root, tmp_path):
     first = run_job(["--output-dir", str(out), "--epochs", "2", f"data.root={tiny_root}", *FAST], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "epoch    1" in first.stdout + first.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = published_summary(out)
     assert summary["mode"] == "sampled" and summary["world_size"] == 2
     assert summary["epochs_run"] == 2 and len(summary["peak_rss_mb_per_worker"]) == 2
     for key in ("recall@20", "ndcg@20", "precision@10", "map@10"):
@@ -32,8 +32,8 @@ def test_two_ray_workers_train_checkpoint_and_resume(tiny_root, tmp_path):
     assert summary["popularity_test_recall@20"] > 0
     assert summary["throughput"]["train_edges_per_s_per_worker"] > 0
     assert [r["epoch"] for r in _read_jsonl(out / "metrics.jsonl")] == [0, 1]
-    users = pq.read_table(out / "embeddings" / "users" / "part-00000.parquet")
-    items = pq.read_table(out / "embeddings" / "items" / "part-00000.parquet")
+    users = pq.read_table(published_path(out, "embeddings/users/part-00000.parquet"))
+    items = pq.read_table(published_path(out, "embeddings/items/part-00000.parquet"))
     assert users.num_rows == 400 and items.num_rows == 150
     assert users.schema.field("embedding").type.list_size == 2 * 64
 
@@ -43,7 +43,7 @@ def test_two_ray_workers_train_checkpoint_and_resume(tiny_root, tmp_path):
     log = second.stdout + second.stderr
     assert "epoch    2" in log and "epoch    0 |" not in log
     assert [r["epoch"] for r in _read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
-    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
+    assert published_summary(out)["epochs_run"] == 3
 
 
 @pytest.mark.slow
@@ -66,9 +66,10 @@ def test_full_graph_mode_reads_and_writes_s3(tiny_root, moto_s3, tmp_path):
         ]
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads(fs.cat("e2e-bucket/runs/one/summary.json"))
+    manifest = json.loads(fs.cat("e2e-bucket/runs/one/MANIFEST.json"))
+    summary = json.loads(fs.cat(f"e2e-bucket/runs/one/{manifest['prefix']}/summary.json"))
     assert summary["mode"] == "full_graph" and summary["epochs_run"] == 2
-    assert fs.exists("e2e-bucket/runs/one/embeddings/items/part-00000.parquet")
+    assert "embeddings/items/part-00000.parquet" in manifest["files"]
     assert "Recall@20" in result.stdout
 
 

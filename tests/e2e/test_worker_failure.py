@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, published_summary
 
 ARGS = ["--epochs", "3", "train.batch_size=256", "train.checkpoint_every_steps=2", "train.max_failures=1",
         "train.patience=50", "model.club_inner_steps=5", "eval.user_batch_size=128"]
@@ -63,14 +63,14 @@ def _run(root, out, kill_after_epoch0=False):
 def test_killed_worker_resumes_from_checkpoint(tiny_root, tmp_path):
     rc, log, _ = _run(tiny_root, tmp_path / "clean")
     assert rc == 0, log[-3000:]
-    clean = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    clean = published_summary(tmp_path / "clean")
 
     rc, log, killed = _run(tiny_root, tmp_path / "killed", kill_after_epoch0=True)
     assert killed, "no RayTrainWorker process found to kill"
     assert rc == 0, log[-5000:]
     resumed = re.findall(r"resuming at step (\d+)", log)
     assert resumed, "the restarted workers did not resume mid-epoch:\n" + log[-3000:]
-    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    summary = published_summary(tmp_path / "killed")
     assert summary["epochs_run"] == 3
     a, b = clean["valid"]["recall@20"], summary["valid"]["recall@20"]
     assert abs(a - b) <= 0.02 * a, (a, b)
