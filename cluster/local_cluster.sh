@@ -17,19 +17,24 @@
 # Loopback: Ray replaces 127.0.0.1/localhost given as --node-ip-address by the machine's
 # outward address, so nodes use another loopback address (127.0.0.2 by default; any 127.x.y.z
 # works on Linux). The dashboard, dashboard agents, runtime-env agents and the client server then
-# listen on loopback only. Ray 2.60's gRPC servers (GCS, raylets, dashboard-agent gRPC and every
-# worker process) bind all interfaces whatever the flags say; token authentication (on by
-# default here, RAY_AUTH_MODE=token) makes them refuse callers without the cluster's token.
-# Ray's own Prometheus exporter (which would also bind 0.0.0.0) is off unless --ray-metrics.
+# listen on loopback only. What Ray 2.60 binds to all interfaces whatever the flags say: its gRPC
+# servers (GCS, raylets, dashboard-agent gRPC, every worker process) and, on the head, the
+# autoscaler's and the dashboard's small Prometheus endpoints (ports P+8, P+9 here). Token
+# authentication (on by default here, RAY_AUTH_MODE=token) makes the gRPC servers refuse callers
+# without the cluster's token. Ray's per-node metrics exporter (also 0.0.0.0) is off unless
+# --ray-metrics. `listeners` shows what is open.
 #
 # Options (also for status/down/listeners: --state-dir):
 #   --state-dir DIR      state, logs and env file (default: $SEA_DIST_CLUSTER_DIR or
 #                        /tmp/sea-dist-local-cluster-$UID)
 #   --workers N          worker nodes besides the head (default 1)
-#   --port P             GCS port (default 26379). Node k (head = 0) uses P+1+10k .. P+7+10k
+#   --port P             GCS port (default 26379). Node k (head = 0) uses P+1+10k .. P+6+10k
 #                        for its node manager, object manager, dashboard agent (HTTP, gRPC),
-#                        runtime-env agent, metrics and (head) Ray client server. All must lie
-#                        outside Ray's worker port range 10002-19999.
+#                        runtime-env agent and metrics; the head also P+7 .. P+9 for the Ray
+#                        client server and the autoscaler's and dashboard's own metrics (Ray's
+#                        defaults 44217/44227 would collide between clusters). All must lie
+#                        outside Ray's worker port range 10002-19999; worker processes take
+#                        ports the OS picks (--min/max-worker-port 0).
 #   --dashboard-port D   dashboard / job API port on 127.0.0.1 (default 28265)
 #   --node-ip IP         loopback address for every node (default 127.0.0.2)
 #   --head-cpus C        CPUs the head advertises (default 1)
@@ -126,6 +131,7 @@ check_port() {
     "$PYTHON" - "$port" << 'PY' || die "$what: port $port is already in use"
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
 try:
     s.bind(("0.0.0.0", int(sys.argv[1])))
 except OSError:
@@ -233,25 +239,24 @@ cmd_up() {
     command -v "$RAY" > /dev/null || die "ray not found (pip install 'ray[default]')"
     command -v setsid > /dev/null || die "setsid not found (util-linux)"
 
-    if [ -z "$TEMP_DIR" ]; then
-        RAY_TEMP_DIR=$(mktemp -d /tmp/ray-lc.XXXXXX)
-    else
-        RAY_TEMP_DIR=$TEMP_DIR
-        mkdir -p "$RAY_TEMP_DIR"
-    fi
-    [ "${#RAY_TEMP_DIR}" -le 40 ] || die "--temp-dir $RAY_TEMP_DIR is too long for Ray's Unix sockets (max 40 characters)"
-
     check_port "$PORT" "GCS"
     check_port "$DASHBOARD_PORT" "dashboard"
     local k j base
     for k in $(seq 0 "$WORKERS"); do
         base=$(port_block "$k")
-        for j in 0 1 2 3 4 5 6; do
-            [ "$k" -gt 0 ] && [ "$j" -eq 6 ] && continue
+        for j in 0 1 2 3 4 5 6 7 8; do
+            [ "$k" -gt 0 ] && [ "$j" -ge 6 ] && continue
             check_port $((base + j)) "node $k"
         done
     done
 
+    if [ -z "$TEMP_DIR" ]; then
+        RAY_TEMP_DIR=$(mktemp -d /tmp/ray-lc.XXXXXX)
+    else
+        [ "${#TEMP_DIR}" -le 40 ] || die "--temp-dir $TEMP_DIR is too long for Ray's Unix sockets (max 40 characters)"
+        RAY_TEMP_DIR=$TEMP_DIR
+        mkdir -p "$RAY_TEMP_DIR"
+    fi
     setup_auth
     cat > "$CONF_FILE" << EOF
 PORT=$PORT
@@ -278,9 +283,10 @@ EOF
     head_base=$(port_block 0)
     started=$(date +%s)
     # shellcheck disable=SC2046
-    start_node head --head --port "$PORT" \
-        --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-        --ray-client-server-port $((head_base + 6)) $(node_args 0 "$HEAD_CPUS")
+    AUTOSCALER_METRIC_PORT=$((head_base + 7)) DASHBOARD_METRIC_PORT=$((head_base + 8)) \
+        start_node head --head --port "$PORT" \
+            --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+            --ray-client-server-port $((head_base + 6)) $(node_args 0 "$HEAD_CPUS")
 
     # Workers need the GCS only; the dashboard may come a little later.
     local head_pid

@@ -118,7 +118,27 @@ def _header(path: str) -> list[str]:
     text = line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not text.strip():
         raise MMRecError(f"{path}: empty file or empty header line (expected a header with {list(INTER_COLUMNS)})")
-    return text.split("\t")
+    # pyarrow unquotes header fields ("userID" -> userID); compare the same names
+    return [c[1:-1] if len(c) >= 2 and c[0] == c[-1] == '"' else c for c in text.split("\t")]
+
+
+def _locate_bad_line(path: str, cols: list[str]) -> str:
+    """Error path only: the first line pyarrow could not convert, found with plain Python."""
+    want = [cols.index(c) for c in INTER_COLUMNS]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        next(f, None)
+        for line_no, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(cols):
+                return f"line {line_no} has {len(fields)} fields, the header {len(cols)}"
+            for c, k in zip(INTER_COLUMNS, want):
+                v = fields[k].strip()
+                if v and not (v.lstrip("+-").isdigit()):
+                    return f"line {line_no}: {c} {v!r} is not an integer"
+    return ""
 
 
 def read_inter(path: str, progress: Callable[[str], None] | None = None) -> MMRecInteractions:
@@ -140,7 +160,8 @@ def read_inter(path: str, progress: Callable[[str], None] | None = None) -> MMRe
             ),
         )
     except (pa.ArrowException, OSError) as e:
-        raise MMRecError(f"{path}: cannot parse as a TAB-separated .inter file ({e})") from e
+        where = _locate_bad_line(path, cols)
+        raise MMRecError(f"{path}: cannot parse as a TAB-separated .inter file ({where or e})") from e
     users, items, labels = [], [], []
     row = 0
     while True:
@@ -149,33 +170,42 @@ def read_inter(path: str, progress: Callable[[str], None] | None = None) -> MMRe
         except StopIteration:
             break
         except (pa.ArrowException, OSError) as e:
-            raise MMRecError(f"{path}: cannot parse as a TAB-separated .inter file, after data row {row} ({e})") from e
+            where = _locate_bad_line(path, cols)
+            raise MMRecError(f"{path}: cannot parse as a TAB-separated .inter file ({where or e})") from e
         for c, out in zip(INTER_COLUMNS, (users, items, labels)):
             col = batch.column(c)
             if col.null_count:
                 r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                 raise MMRecError(f"{path}: empty {c} at data row {row + r + 1} (1-based, after the header)")
-            out.append(col.to_numpy())
+            arr = col.to_numpy()  # a view of the batch's buffer (int64, no nulls); copied below
+            if c == "x_label":
+                bad = np.flatnonzero((arr < 0) | (arr > 2))
+                if bad.size:
+                    r = int(bad[0])
+                    raise MMRecError(
+                        f"{path}: x_label {arr[r]} at data row {row + r + 1} is outside {{0, 1, 2}} "
+                        "(0 train, 1 valid, 2 test)"
+                    )
+                arr = arr.astype(np.int8)
+            else:
+                neg = np.flatnonzero(arr < 0)
+                if neg.size:
+                    r = int(neg[0])
+                    raise MMRecError(f"{path}: negative {c} {arr[r]} at data row {row + r + 1}")
+                arr = arr.copy()  # numpy-owned: Arrow's block buffers go back to its pool now
+            out.append(arr)
         row += batch.num_rows
+        del batch
+    del reader
+    pa.default_memory_pool().release_unused()  # the reader's blocks, before the arrays double up
     if row == 0:
         raise MMRecError(f"{path}: no interaction rows after the header")
-    u, i = np.concatenate(users), np.concatenate(items)
-    lab = np.concatenate(labels)
-    del users, items, labels
-    for c, arr in (("userID", u), ("itemID", i)):
-        neg = np.flatnonzero(arr < 0)
-        if neg.size:
-            r = int(neg[0])
-            raise MMRecError(f"{path}: negative {c} {arr[r]} at data row {r + 1} ({neg.size} such rows)")
-    bad = np.flatnonzero((lab < 0) | (lab > 2))
-    if bad.size:
-        r = int(bad[0])
-        raise MMRecError(
-            f"{path}: x_label {lab[r]} at data row {r + 1} is outside {{0, 1, 2}} "
-            f"(0 train, 1 valid, 2 test; {bad.size} such rows)"
-        )
-    splits = lab.astype(np.int8)
-    del lab
+    u = np.concatenate(users)
+    del users
+    i = np.concatenate(items)
+    del items
+    splits = np.concatenate(labels)
+    del labels
     counts = np.bincount(splits, minlength=3)
     for code, sname in enumerate(SPLIT_NAMES):
         if counts[code] == 0:
@@ -187,24 +217,37 @@ def read_inter(path: str, progress: Callable[[str], None] | None = None) -> MMRe
 
 
 def _check_duplicates(path: str, users: np.ndarray, items: np.ndarray) -> None:
+    if users.size < 2:
+        return
     span = int(items.max()) + 1
     if int(users.max()) < (np.iinfo(np.int64).max // span):
         keys = users * span + items
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
+        sk = np.sort(keys)  # one sort; positions are only looked up on the (rare) error path
+        dup = np.flatnonzero(sk[1:] == sk[:-1])
+        if not dup.size:
+            return
+        rows = np.flatnonzero(keys == sk[dup[0]])[:2]
     else:  # ids too large for one int64 key
         order = np.lexsort((items, users))
-        sk = None
-    if sk is not None:
-        dup = np.flatnonzero(sk[1:] == sk[:-1])
-    else:
-        dup = np.flatnonzero((users[order][1:] == users[order][:-1]) & (items[order][1:] == items[order][:-1]))
-    if dup.size:
-        r0, r1 = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
-        raise MMRecError(
-            f"{path}: duplicate interaction (userID {users[r0]}, itemID {items[r0]}) at data rows "
-            f"{r0 + 1} and {r1 + 1} ({dup.size} duplicate rows in all)"
-        )
+        su, si = users[order], items[order]
+        dup = np.flatnonzero((su[1:] == su[:-1]) & (si[1:] == si[:-1]))
+        if not dup.size:
+            return
+        rows = np.sort(order[dup[0] : dup[0] + 2])
+    r0, r1 = int(rows[0]), int(rows[1])
+    raise MMRecError(
+        f"{path}: duplicate interaction (userID {users[r0]}, itemID {items[r0]}) at data rows "
+        f"{r0 + 1} and {r1 + 1} ({dup.size} duplicate rows in all)"
+    )
+
+
+def _count_distinct(ids: np.ndarray) -> int:
+    hi = int(ids.max()) + 1
+    if hi <= 4 * ids.size + (1 << 20):  # MMRec ids are contiguous: a bitmap, no sort
+        seen = np.zeros(hi, dtype=bool)
+        seen[ids] = True
+        return int(np.count_nonzero(seen))
+    return int(np.unique(ids).size)
 
 
 def _open_features(path: str, modality: str) -> np.ndarray:
@@ -331,7 +374,7 @@ def import_mmrec(
     meta = DatasetMeta(
         name=ds_name,
         version=version,
-        n_users=int(np.unique(inter.users).size),
+        n_users=_count_distinct(inter.users),
         n_items=int(n_items),
         n_interactions=inter.n,
         modalities={m: int(feats[m].shape[1]) for m, _ in present},

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from sea_dist.data.dataset import make_filesystem
+from sea_dist.ops.retry import with_retries
 
 
 def embedding_table(raw_ids: np.ndarray, embeddings: torch.Tensor, id_column: str) -> pa.Table:
@@ -41,10 +42,14 @@ class RunOutputs:
     def write_text(self, name: str, text: str) -> str:
         path = self._join(name)
         parent = posixpath.dirname(path)
-        if parent:
-            self.fs.makedirs(parent, exist_ok=True)
-        with self.fs.open(path, "w") as f:
-            f.write(text)
+
+        def write() -> None:
+            if parent:
+                self.fs.makedirs(parent, exist_ok=True)
+            with self.fs.open(path, "w") as f:
+                f.write(text)
+
+        with_retries(write, f"writing {path}")
         return path
 
     def append_metrics(self, record: dict) -> None:
@@ -71,7 +76,11 @@ class RunOutputs:
             stop = start + rows_per_shard
             table = embedding_table(raw_ids[start:stop], embeddings[start:stop], id_column)
             path = posixpath.join(folder, f"part-{shard:05d}.parquet")
-            with self.fs.open(path, "wb") as f:
-                pq.write_table(table, f, use_dictionary=False)
+
+            def write(path=path, table=table) -> None:
+                with self.fs.open(path, "wb") as f:
+                    pq.write_table(table, f, use_dictionary=False)
+
+            with_retries(write, f"writing {path}")
             written.append(path)
         return written

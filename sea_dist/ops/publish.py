@@ -24,6 +24,7 @@ import time
 from fsspec.implementations.local import LocalFileSystem
 
 from sea_dist.data.dataset import make_filesystem
+from sea_dist.ops.retry import with_retries
 
 MANIFEST = "MANIFEST.json"
 RUNS = "runs"
@@ -61,19 +62,22 @@ class Publisher:
 
     def read_manifest(self) -> dict | None:
         path = posixpath.join(self.root, MANIFEST)
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path) as f:
-            return json.load(f)
+
+        def read() -> dict | None:
+            if not self.fs.exists(path):
+                return None
+            with self.fs.open(path) as f:
+                return json.load(f)
+
+        return with_retries(read, f"reading {path}")
 
     def publish(
         self, run_id: str, publish_id: str, dataset_version: str, fingerprint: str, keep_runs: int = 2
     ) -> dict:
         """Name ``runs/<publish_id>/`` in MANIFEST.json (after checking it is complete)."""
         prefix = posixpath.join(self.root, RUNS, publish_id)
-        files = {}
-        for path in self.fs.find(prefix):
-            files[posixpath.relpath(path, prefix)] = int(self.fs.info(path)["size"])
+        listing = with_retries(lambda: self.fs.find(prefix, detail=True), f"listing {prefix}")
+        files = {posixpath.relpath(path, prefix): int(info["size"]) for path, info in listing.items()}
         if "summary.json" not in files:
             raise PublishError(f"refusing to publish {prefix}: it has no summary.json")
         manifest = {
@@ -84,7 +88,9 @@ class Publisher:
             "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": files,
         }
-        self._write_atomically(posixpath.join(self.root, MANIFEST), json.dumps(manifest, indent=2) + "\n")
+        manifest_path = posixpath.join(self.root, MANIFEST)
+        text = json.dumps(manifest, indent=2) + "\n"
+        with_retries(lambda: self._write_atomically(manifest_path, text), f"writing {manifest_path}")
         self._remove_old_runs(publish_id, keep_runs)
         return manifest
 
@@ -117,5 +123,10 @@ class Publisher:
         return posixpath.join(self.root, manifest["prefix"], name)
 
     def read_published_json(self, name: str) -> dict:
-        with self.fs.open(self.published_file(name)) as f:
-            return json.load(f)
+        path = self.published_file(name)
+
+        def read() -> dict:
+            with self.fs.open(path) as f:
+                return json.load(f)
+
+        return with_retries(read, f"reading {path}")

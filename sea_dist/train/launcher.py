@@ -22,6 +22,7 @@ from sea_dist.config_cli import apply_overrides, config_to_dict
 from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
 from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.retry import with_retries
 from sea_dist.ops.metrics import (
     MetricsIdentity,
     TrainingMetrics,
@@ -103,7 +104,8 @@ def already_published(cfg: Config, dataset_version: str) -> dict | None:
 
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
-    meta = load_meta(cfg.data.root, cfg.data.s3_endpoint_url)  # fail fast, before workers start
+    # fail fast on bad data, before any worker starts (transient storage faults are retried)
+    meta = with_retries(lambda: load_meta(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
     published = already_published(cfg, meta.version)
     if published is not None:
         log.info(

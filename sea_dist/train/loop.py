@@ -37,6 +37,7 @@ from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.ops.report import render_report
+from sea_dist.ops.retry import with_retries
 from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
@@ -94,7 +95,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
 
         # data -> graph
-        self.dataset = dataset or load_dataset(cfg.data.root, cfg.data.s3_endpoint_url)
+        self.dataset = dataset or with_retries(
+            lambda: load_dataset(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}"
+        )
         ds = self.dataset
         self.train_users, self.train_items = ds.split_edges(0)
         self.graph: TrainGraph = build_train_graph(
