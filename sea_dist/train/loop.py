@@ -36,6 +36,7 @@ from sea_dist.model.sea import SEA, UserTables
 from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.redact import redact_config, redact_uri
 from sea_dist.ops.report import render_report
 from sea_dist.ops.retry import with_retries
 from sea_dist.train.checkpoint import save_checkpoint
@@ -404,7 +405,7 @@ class Trainer:
             "dataset": {
                 "name": self.dataset.meta.name,
                 "version": self.dataset.meta.version,
-                "root": self.dataset.root,
+                "root": redact_uri(self.dataset.root),
                 "n_users": self.dataset.n_users,
                 "n_items": self.dataset.n_items,
                 "n_train": int(len(self.train_users)),
@@ -428,8 +429,8 @@ class Trainer:
             },
             "peak_rss_mb_per_worker": [round(float(v), 1) for v in rss.flatten()],
             "wall_s": wall_s,
-            "output_dir": self.cfg.output.output_dir,
-            "config": config_to_dict(self.cfg),
+            "output_dir": redact_uri(self.cfg.output.output_dir),
+            "config": redact_config(config_to_dict(self.cfg)),
         }
 
     def write_outputs(self, summary: dict) -> None:

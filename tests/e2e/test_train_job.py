@@ -52,6 +52,7 @@ def test_full_graph_mode_reads_and_writes_s3(tiny_root, moto_s3, tmp_path):
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3})
     fs.put(tiny_root, "e2e-bucket/data", recursive=True)
+    canary = "sea-dist-canary-secret-7f3a9c"  # the run's S3 secret: must never appear in any output
     result = run_job(
         [
             "--full-graph",
@@ -63,7 +64,8 @@ def test_full_graph_mode_reads_and_writes_s3(tiny_root, moto_s3, tmp_path):
             f"data.s3_endpoint_url={moto_s3}",
             f"train.storage_path={tmp_path / 'ckpt'}",
             *FAST,
-        ]
+        ],
+        env_extra={"AWS_SECRET_ACCESS_KEY": canary},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads(fs.cat("e2e-bucket/runs/one/MANIFEST.json"))
@@ -71,6 +73,11 @@ def test_full_graph_mode_reads_and_writes_s3(tiny_root, moto_s3, tmp_path):
     assert summary["mode"] == "full_graph" and summary["epochs_run"] == 2
     assert "embeddings/items/part-00000.parquet" in manifest["files"]
     assert "Recall@20" in result.stdout
+    # security: the secret is in no published file, checkpoint, metrics line or log
+    leaks = [p for p in fs.find("e2e-bucket/runs") if canary.encode() in fs.cat(p)]
+    for folder, _dirs, files in os.walk(tmp_path / "ckpt"):
+        leaks += [os.path.join(folder, f) for f in files if canary.encode() in open(os.path.join(folder, f), "rb").read()]
+    assert leaks == [] and canary not in result.stdout + result.stderr
 
 
 def test_missing_dataset_root_is_a_clear_error(tmp_path):
