@@ -43,6 +43,11 @@ class Evaluator:
             name: build_eval_split(n_users, train_u, train_i, *edges[name])
             for name in ("valid", "test")
         }
+        # Users with held-out interactions but none in training are skipped (MMRec's rule:
+        # nothing to propagate from); counted so the skip is visible, not silent.
+        self.skipped_users = {
+            name: int(len(np.unique(edges[name][0])) - len(self.splits[name])) for name in ("valid", "test")
+        }
         train_mask = build_mask_csr(n_users, [train_u], [train_i])
         test_mask = train_mask
         if cfg.mask_valid_at_test:

@@ -120,6 +120,14 @@ class Trainer:
             ctx,
         )
 
+        if ctx.is_main and any(self.evaluator.skipped_users.values()):
+            log.warning(
+                "not evaluated (no training interactions, MMRec convention): %d validation and "
+                "%d test users",
+                self.evaluator.skipped_users["valid"],
+                self.evaluator.skipped_users["test"],
+            )
+
         # model: dense network, per-user tables, CLUB's Q — three optimizers, as in SEA_SPEC
         self.model = SEA(ds.meta.modalities, cfg.model).to(self.device)
         self.tables = UserTables(
@@ -412,6 +420,8 @@ class Trainer:
                 "modalities": dict(self.dataset.meta.modalities),
             },
             "epochs_run": len(p.history),
+            "evaluated_users": {name: len(self.evaluator.splits[name]) for name in ("valid", "test")},
+            "skipped_eval_users_without_training": dict(self.evaluator.skipped_users),
             "best_epoch": p.best_epoch,
             "valid": p.best_valid,
             "test": p.best_test,

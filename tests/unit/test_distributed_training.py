@@ -96,3 +96,14 @@ def test_two_workers_keep_identical_replicas(tiny_dataset, tmp_path):
     from sea_dist.model.sea import SEA
     fresh = SEA({"image": 16, "text": 8}, Config().model).state_dict()
     assert any(not torch.equal(fresh[n], s0["model"][n]) for n in fresh if n.endswith("weight"))
+
+
+def test_eval_users_without_training_interactions_are_skipped_and_counted():
+    edges = {
+        "train": (np.array([0, 0, 1]), np.array([0, 1, 2])),
+        "valid": (np.array([0, 2, 3]), np.array([2, 1, 0])),  # users 2 and 3 never trained
+        "test": (np.array([1]), np.array([0])),
+    }
+    ev = Evaluator(4, 3, edges, EvalConfig(topk=[1]))
+    assert ev.skipped_users == {"valid": 2, "test": 0}
+    assert ev.splits["valid"].users.tolist() == [0]
