@@ -109,6 +109,8 @@ if [ "$KEEP_RAYJOBS" -gt 0 ]; then
         done <<ROWS_END
 $rows
 ROWS_END
+        # Word splitting wanted: RayJob names are [a-z0-9-] only.
+        # shellcheck disable=SC2086
         set -- $finished
         excess=$(($# - KEEP_RAYJOBS + 1))
         while [ "$excess" -gt 0 ] && [ "$#" -gt 0 ]; do

@@ -371,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         help="streaming only: users per interactions part file (default: about --interactions-per-shard rows)",
     )
     a = p.parse_args(argv)
-    if a.stream if a.stream is not None else a.interactions > STREAM_THRESHOLD:
-        return _main_stream(a, d)
+    stream = a.interactions > STREAM_THRESHOLD if a.stream is None else a.stream
+    if stream:
+        return _main_stream(a)
     spec = SyntheticSpec(
         n_users=a.users,
         n_items=a.items,
@@ -406,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _main_stream(a: argparse.Namespace, d: SyntheticSpec) -> int:
+def _main_stream(a: argparse.Namespace) -> int:
     """The CLI's large-tier path: same flags, :func:`sea_dist.data.synthetic_stream.write_stream`."""
-    from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # imports this module
+    from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # lazy: only this path needs it
 
     users_per_chunk = a.users_per_chunk
     if users_per_chunk is None:  # part files of about --interactions-per-shard rows

@@ -36,7 +36,8 @@ from sea_dist.train.distributed import WorkerContext
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
-EPOCH_END_STEP = 99_999_999  # sorts an epoch-end checkpoint after that epoch's step ones
+EPOCH_END_STEP = 99_999_999
+LOCAL_NODE_IP = "127.0.0.2"  # loopback (127.0.0.0/8) that Ray does not rewrite  # sorts an epoch-end checkpoint after that epoch's step ones
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -331,9 +332,10 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
         if address:
             ray.init(address=address)
         else:
-            # A cluster we start ourselves is one machine: keep it on loopback.
+            # A cluster we start ourselves is one machine: keep it on loopback. Ray swaps
+            # 127.0.0.1 for the machine's routable address; any other loopback address is kept.
             ray.init(
-                _node_ip_address="127.0.0.1",
+                _node_ip_address=LOCAL_NODE_IP,
                 _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
             )

@@ -546,9 +546,12 @@ def test_podmonitor_scrapes_the_named_ports_of_the_ray_pods():
         assert all(labels.get(k) == v for k, v in selector.items()), "selector misses a Ray pod"
         named = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
         assert set(ports) <= named
-    # The launcher pod must not be selected (it serves no metrics).
+    # Only Ray pods: KubeRay labels them with ray.io/node-type, which the launcher pod (no
+    # metrics) and KubeRay's submitter pod never carry.
+    expressions = spec["selector"].get("matchExpressions", [])
+    assert any(e["key"] == "ray.io/node-type" and e["operator"] in ("In", "Exists") for e in expressions)
     launcher = _cronjob()["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
-    assert not all(launcher.get(k) == v for k, v in selector.items()) or spec["selector"].get("matchExpressions")
+    assert "ray.io/node-type" not in launcher
 
 
 # ------------------------------------------------------------------------------------------
