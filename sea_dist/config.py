@@ -84,7 +84,9 @@ class TrainConfig:
     num_workers: int = _opt(2, "Ray Train workers (sampled mode)")
     cpus_per_worker: int = _opt(1, "CPUs per worker; also the torch/DGL thread count")
     use_gpu: bool = _opt(False, "train on GPUs (NCCL); needs gpus_per_worker > 0")
-    gpus_per_worker: float = _opt(0.0, "GPUs per worker; > 0 implies use_gpu")
+    gpus_per_worker: float = _opt(
+        0.0, "GPUs per worker; > 0 needs use_gpu=true (the --gpus-per-worker flag sets both)"
+    )
     lr: float = _opt(1e-4, "Adam learning rate (dense parameters, user tables and Q)")
     batch_size: int = _opt(2048, "global batch of (user, pos, neg) triples, split over workers")
     epochs: int = _opt(
