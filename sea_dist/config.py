@@ -63,7 +63,6 @@ class ModelConfig:
     temp: float = _opt(0.2, "Solosim (alignment) softmax temperature")
     alpha_contrast: float = _opt(0.012, "weight of the alignment (Solosim) loss")
     ureg: float = _opt(0.006, "weight of the separation (CLUB) loss")
-    reg_weight: float = _opt(0.0, "L2 weight on the batch's representations (0 in the reference)")
     proj_hidden_dim: int = _opt(64, "hidden width of the alignment projection heads")
     proj_out_dim: int = _opt(32, "output width of the alignment projection heads")
     club_dim: int = _opt(32, "width of the CLUB transforms T1/T2")

@@ -331,7 +331,6 @@ def validate_config(cfg: Config) -> None:
     for key, value in (
         ("model.alpha_contrast", m.alpha_contrast),
         ("model.ureg", m.ureg),
-        ("model.reg_weight", m.reg_weight),
         ("train.gpus_per_worker", t.gpus_per_worker),
     ):
         need(value >= 0, f"{key} must be >= 0, got {value!r}")
