@@ -130,6 +130,11 @@ class Trainer:
 
         # model: dense network, per-user tables, CLUB's Q — three optimizers, as in SEA_SPEC
         self.model = SEA(ds.meta.modalities, cfg.model).to(self.device)
+        if not self.model.alignment and ctx.is_main:
+            log.warning(
+                "one modality (%s): SEA's alignment (Solosim) term is off; separation and BPR remain",
+                ", ".join(self.model.modalities),
+            )
         self.tables = UserTables(
             ds.n_users, self.model.modalities, cfg.model.embedding_dim, sparse=not self.full_graph_mode
         ).to(self.device)

@@ -50,3 +50,17 @@ def test_resume_from_a_step_checkpoint_matches_the_uninterrupted_run(root, tmp_p
             assert torch.equal(tensor, resumed.parameters_state()[part][name]), f"{part}.{name}"
     assert resumed.progress.history[-1]["valid"] == full.progress.history[-1]["valid"]
     assert resumed.progress.history[-1]["loss"] == pytest.approx(full.progress.history[-1]["loss"])
+
+
+def test_single_modality_turns_alignment_off_and_says_so(tmp_path, caplog):
+    import logging
+
+    spec = SyntheticSpec(n_users=120, n_items=60, n_interactions=1500, modalities={"text": 6}, name="one")
+    one = write_synthetic(spec, str(tmp_path / "one"))
+    cfg = _cfg(one, tmp_path / "out")
+    cfg.train.epochs = 1
+    with caplog.at_level(logging.WARNING, logger="sea_dist.train.loop"):
+        trainer = Trainer(cfg, WorkerContext())
+    assert any("alignment (Solosim) term is off" in r.message for r in caplog.records)
+    trainer.fit()
+    assert trainer.progress.history[-1]["loss"]["align"] == 0.0
