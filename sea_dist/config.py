@@ -112,6 +112,14 @@ class TrainConfig:
         "", "where Ray Train keeps checkpoints (local path or s3://); empty = output_dir/ray"
     )
     max_steps_per_epoch: int = _opt(0, "cap on batches per epoch (0 = all); for smoke tests")
+    warm_start: str = _opt(
+        "",
+        "start from a published model: an output dir (local or s3://) holding a MANIFEST.json, "
+        "or 'latest' for the one published in output.output_dir; empty = from scratch",
+    )
+    warm_start_optimizer: bool = _opt(
+        False, "with warm_start, also restore the dense parameters' Adam moments (same mode only)"
+    )
 
 
 @dataclass

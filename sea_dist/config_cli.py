@@ -454,6 +454,8 @@ def build_parser(prog: str = "train.py", description: str = "") -> argparse.Argu
     conv.add_argument("--resume", action="store_true", default=None,
                       help="train.resume=true: continue train.run_name from its checkpoint")
     conv.add_argument("--output-dir", metavar="DIR", help="output.output_dir")
+    conv.add_argument("--warm-start", metavar="URI|latest",
+                      help="train.warm_start: start from a published model (see below)")
     conv.add_argument("--num-workers", metavar="N", type=int, help="train.num_workers")
     conv.add_argument("--gpus-per-worker", metavar="G", type=float,
                       help="train.gpus_per_worker; G > 0 also sets train.use_gpu=true")
@@ -473,6 +475,8 @@ def _flag_overrides(ns: argparse.Namespace) -> dict[str, Any]:
         out["train.resume"] = True
     if ns.output_dir is not None:
         out["output.output_dir"] = ns.output_dir
+    if ns.warm_start is not None:
+        out["train.warm_start"] = ns.warm_start
     if ns.num_workers is not None:
         out["train.num_workers"] = ns.num_workers
     if ns.epochs is not None:

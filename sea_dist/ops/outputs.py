@@ -52,6 +52,18 @@ class RunOutputs:
         with_retries(write, f"writing {path}")
         return path
 
+    def write_bytes(self, name: str, data: bytes) -> str:
+        path = self._join(name)
+        parent = posixpath.dirname(path)
+
+        def write() -> None:
+            self.fs.makedirs(parent, exist_ok=True)
+            with self.fs.open(path, "wb") as f:
+                f.write(data)
+
+        with_retries(write, f"writing {path}")
+        return path
+
     def append_metrics(self, record: dict) -> None:
         """Rewrites the whole file: object stores have no append, and it is small."""
         self._metrics_lines.append(json.dumps(record, sort_keys=True))

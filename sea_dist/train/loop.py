@@ -43,6 +43,12 @@ from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
 from sea_dist.train.sparse_tables import synchronize_sparse_gradients
+from sea_dist.train.warm_start import (
+    MODEL_FILE,
+    apply_warm_start,
+    load_published_model,
+    published_model_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,7 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.metrics = metrics
         self.full_graph_mode = cfg.train.full_graph
+        self.mode_name = "full_graph" if self.full_graph_mode else "sampled"
         self.device = ctx.device
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
 
@@ -156,9 +163,14 @@ class Trainer:
         self.progress = Progress()
         self.epochs_trained_here = 0  # for per-epoch averages after a resume
         self.best_state: dict | None = None
+        self.warm_start_report: dict | None = None
         if resume_state is not None:
             self.load_state(resume_state)
             log.info("resumed at epoch %d", self.progress.next_epoch)
+        elif cfg.train.warm_start:
+            source = cfg.output.output_dir if cfg.train.warm_start == "latest" else cfg.train.warm_start
+            published = load_published_model(source, cfg.data.s3_endpoint_url)
+            self.warm_start_report = apply_warm_start(self, published)
         self.outputs = (
             RunOutputs(cfg.output.output_dir, cfg.data.s3_endpoint_url) if ctx.is_main else None
         )
@@ -366,6 +378,20 @@ class Trainer:
         else:
             self.ctx.report(metrics, None)
 
+    def published_state(self) -> dict:
+        """What a later run warm-starts from: the (best) parameters with the raw ids their
+        rows belong to; checkpoint-safe types only."""
+        state = self.parameters_state()
+        state.update(
+            user_raw_ids=torch.from_numpy(np.asarray(self.dataset.user_raw_ids, dtype=np.int64)),
+            item_raw_ids=torch.from_numpy(np.asarray(self.dataset.item_raw_ids, dtype=np.int64)),
+            modalities=list(self.model.modalities),
+            mode=self.mode_name,
+            # dense-only Adam in sampled mode; full-graph mode's Adam also spans the user tables
+            dense_optimizer={} if self.full_graph_mode else self.optimizer.state_dict(),
+        )
+        return state
+
     def parameters_state(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -413,7 +439,8 @@ class Trainer:
         epochs_here = max(self.epochs_trained_here, 1)
         train_s = max(totals.train_s, 1e-9)
         return {
-            "mode": "full_graph" if self.full_graph_mode else "sampled",
+            "mode": self.mode_name,
+            "warm_start": self.warm_start_report,
             "world_size": ctx.world_size,
             "dataset": {
                 "name": self.dataset.meta.name,
@@ -461,6 +488,7 @@ class Trainer:
             user_rep, item_rep = self.embeddings()
             staged.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
             staged.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
+        staged.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
         staged.write_text("report.html", render_report(summary, self.progress.history))
         staged.write_summary(summary)
         publisher.publish(
