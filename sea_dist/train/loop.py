@@ -168,9 +168,14 @@ class Trainer:
             self.load_state(resume_state)
             log.info("resumed at epoch %d", self.progress.next_epoch)
         elif cfg.train.warm_start:
-            source = cfg.output.output_dir if cfg.train.warm_start == "latest" else cfg.train.warm_start
-            published = load_published_model(source, cfg.data.s3_endpoint_url)
-            self.warm_start_report = apply_warm_start(self, published)
+            latest = cfg.train.warm_start == "latest"
+            source = cfg.output.output_dir if latest else cfg.train.warm_start
+            if latest and Publisher(source, cfg.data.s3_endpoint_url).read_manifest() is None:
+                # the first night of a deployment: nothing to start from yet
+                log.warning("warm start: nothing published under %s yet; training from scratch", source)
+            else:
+                published = load_published_model(source, cfg.data.s3_endpoint_url)
+                self.warm_start_report = apply_warm_start(self, published)
         self.outputs = (
             RunOutputs(cfg.output.output_dir, cfg.data.s3_endpoint_url) if ctx.is_main else None
         )

@@ -408,7 +408,8 @@ def test_run_id_token_marks_every_per_run_field():
     assert job["metadata"]["labels"]["sea-dist/run-id"] == RUN_ID_TOKEN
     argv = shlex.split(job["spec"]["entrypoint"])
     output_dir = argv[argv.index("--output-dir") + 1]
-    assert output_dir.rstrip("/").endswith("/" + RUN_ID_TOKEN)
+    # one fixed model location (atomic publishing under it) that every night warm-starts from
+    assert RUN_ID_TOKEN not in output_dir and argv[argv.index("--warm-start") + 1] == "latest"
     assert _overrides(job["spec"]["entrypoint"])["train.run_name"] == RUN_ID_TOKEN
 
 
@@ -764,7 +765,8 @@ def test_launcher_creates_a_date_stamped_rayjob_and_waits(launcher, monkeypatch)
     errors = kuberay_errors(job)
     assert not errors, "\n".join(errors)
     cfg = _parse_entrypoint(job["spec"]["entrypoint"], monkeypatch)
-    assert cfg.output.output_dir.endswith("/" + run_id) and cfg.train.run_name == run_id
+    assert cfg.train.run_name == run_id and cfg.train.warm_start == "latest"
+    assert run_id not in cfg.output.output_dir
     assert all(c["ns"] == "sea-dist" for c in calls)
     waits = [c["args"] for c in calls if c["args"][0] == "wait"]
     assert waits and all("--for=jsonpath={.status.jobStatus}=SUCCEEDED" in w for w in waits)

@@ -79,9 +79,18 @@ def test_warm_start_translates_users_and_initialises_new_ones(days, tmp_path):
     trainer.fit()
 
 
-def test_warm_start_without_a_published_model_is_a_clear_error(days, tmp_path):
+def test_warm_start_from_a_uri_without_a_model_is_a_clear_error(days, tmp_path):
     with pytest.raises(WarmStartError, match="no MANIFEST.json"):
-        Trainer(_cfg(days[0], tmp_path / "empty", warm_start="latest"), WorkerContext())
+        Trainer(_cfg(days[0], tmp_path / "out", warm_start=str(tmp_path / "empty")), WorkerContext())
+
+
+def test_latest_with_nothing_published_starts_from_scratch(days, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sea_dist.train.loop"):
+        trainer = Trainer(_cfg(days[0], tmp_path / "first-night", warm_start="latest"), WorkerContext())
+    assert trainer.warm_start_report is None
+    assert any("training from scratch" in r.message for r in caplog.records)
 
 
 def test_warm_start_rejects_a_different_model(days, tmp_path):
