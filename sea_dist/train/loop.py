@@ -302,6 +302,10 @@ class Trainer:
         times.club_fit_s += fitted - backward_done
         return terms
 
+    def item_degree_of(self, items: np.ndarray) -> np.ndarray:
+        """Training degree of the given item indices (0 = a cold-start item)."""
+        return self.graph.item_degree[torch.from_numpy(np.asarray(items, dtype=np.int64))].numpy()
+
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every user's and item's final representation (eval mode, full propagation)."""
