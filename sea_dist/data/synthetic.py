@@ -124,7 +124,8 @@ def item_raw_id(i: np.ndarray | int) -> np.ndarray | int:
     return ITEM_ID_BASE + ITEM_ID_STEP * np.asarray(i, dtype=np.int64)
 
 
-def _check_spec(spec: SyntheticSpec) -> None:
+def check_common_spec(spec: SyntheticSpec) -> None:
+    """Checks shared by every generator spec (also the streaming one's, by duck typing)."""
     if spec.n_users < 1 or spec.n_items < 1:
         raise ValueError(f"need at least one user and one item, got {spec.n_users} x {spec.n_items}")
     if spec.min_per_user < 3:
@@ -136,7 +137,7 @@ def _check_spec(spec: SyntheticSpec) -> None:
             f"n_interactions={spec.n_interactions} < min_per_user*n_users="
             f"{spec.min_per_user * spec.n_users}"
         )
-    cap = _count_cap(spec)
+    cap = count_cap(spec)
     if spec.n_interactions > cap * spec.n_users:
         raise ValueError(
             f"n_interactions={spec.n_interactions} exceeds {cap} per user x {spec.n_users} users "
@@ -145,18 +146,20 @@ def _check_spec(spec: SyntheticSpec) -> None:
     if not spec.modalities:
         raise ValueError("need at least one modality")
     for m, d in spec.modalities.items():
+        if not m or "/" in m:
+            raise ValueError(f"modality name {m!r} is not a valid folder name")
         if int(d) < 2 or int(d) % 2:
             raise ValueError(f"modality {m!r}: dim {d} must be even and >= 2 (SEA splits it in halves)")
 
 
-def _count_cap(spec: SyntheticSpec) -> int:
+def count_cap(spec: SyntheticSpec) -> int:
     """Most interactions one user may get: half the catalogue keeps the sampler meaningful."""
     return max(spec.min_per_user, spec.n_items // 2)
 
 
 def _user_counts(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
     """Skewed per-user counts, each in [min_per_user, cap], summing exactly to n_interactions."""
-    U, lo, cap = spec.n_users, spec.min_per_user, _count_cap(spec)
+    U, lo, cap = spec.n_users, spec.min_per_user, count_cap(spec)
     w = rng.lognormal(0.0, spec.count_sigma, U)
     extra_total = spec.n_interactions - lo * U
     cap_extra = cap - lo
@@ -192,7 +195,7 @@ def mmrec_split(rng: np.random.Generator, users: np.ndarray, n_users: int) -> np
 
 def generate_full(spec: SyntheticSpec, progress: Callable[[str], None] | None = None) -> SyntheticData:
     """Generate everything in memory, latents included (see module docstring for the model)."""
-    _check_spec(spec)
+    check_common_spec(spec)
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(spec.seed)
     U, I, d, du = spec.n_users, spec.n_items, spec.latent_dim, spec.unique_dim

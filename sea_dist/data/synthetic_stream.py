@@ -65,6 +65,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sea_dist.data.dataset import SPLIT_NAMES, DatasetMeta, make_filesystem
+from sea_dist.data.synthetic import check_common_spec, count_cap
 
 __all__ = ["STREAM_GENERATOR_VERSION", "StreamSpec", "StreamModel", "write_stream", "main"]
 
@@ -110,29 +111,7 @@ class StreamSpec:
 
 
 def _check_spec(spec: StreamSpec) -> None:
-    if spec.n_users < 1 or spec.n_items < 1:
-        raise ValueError(f"need at least one user and one item, got {spec.n_users} x {spec.n_items}")
-    if spec.min_per_user < 3:
-        raise ValueError("min_per_user must be >= 3 so every user has train, valid and test rows")
-    if spec.n_items < spec.min_per_user:
-        raise ValueError(f"n_items={spec.n_items} < min_per_user={spec.min_per_user}")
-    if spec.n_interactions < spec.min_per_user * spec.n_users:
-        raise ValueError(
-            f"n_interactions={spec.n_interactions} < min_per_user*n_users={spec.min_per_user * spec.n_users}"
-        )
-    cap = _count_cap(spec)
-    if spec.n_interactions > cap * spec.n_users:
-        raise ValueError(
-            f"n_interactions={spec.n_interactions} exceeds {cap} per user x {spec.n_users} users "
-            "(at most half the catalogue per user)"
-        )
-    if not spec.modalities:
-        raise ValueError("need at least one modality")
-    for m, d in spec.modalities.items():
-        if not m or "/" in m:
-            raise ValueError(f"modality name {m!r} is not a valid folder name")
-        if int(d) < 2 or int(d) % 2:
-            raise ValueError(f"modality {m!r}: dim {d} must be even and >= 2 (SEA splits it in halves)")
+    check_common_spec(spec)
     if spec.feature_dtype not in ("float32", "float16"):
         raise ValueError(f"feature_dtype must be 'float32' or 'float16', got {spec.feature_dtype!r}")
     for key in ("users_per_chunk", "items_per_shard", "row_group_size", "n_clusters", "latent_dim", "unique_dim"):
@@ -142,10 +121,6 @@ def _check_spec(spec: StreamSpec) -> None:
         raise ValueError(f"oversample must be >= 1, got {spec.oversample}")
     if not 0.0 < spec.proposal_floor <= 1.0:
         raise ValueError(f"proposal_floor must be in (0, 1], got {spec.proposal_floor}")
-
-
-def _count_cap(spec: StreamSpec) -> int:
-    return max(spec.min_per_user, spec.n_items // 2)
 
 
 def _rng(spec: StreamSpec, *key: int) -> np.random.Generator:
@@ -237,7 +212,7 @@ class StreamModel:
         """Skewed per-user counts of a chunk, summing to its exact share of n_interactions."""
         spec = self.spec
         U, N, n, mn = spec.n_users, spec.n_interactions, hi - lo, spec.min_per_user
-        cap_extra = _count_cap(spec) - mn
+        cap_extra = count_cap(spec) - mn
         target = N * hi // U - N * lo // U
         extra_total = min(max(target - mn * n, 0), cap_extra * n)
         w = rng.lognormal(0.0, spec.count_sigma, n)
