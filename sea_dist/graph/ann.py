@@ -66,26 +66,34 @@ def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 class _Rows:
-    """Normalised float32 rows of ``x`` on demand, optionally projected to fewer dims."""
+    """Normalised float32 rows of ``x`` on demand (``x`` is never copied whole)."""
 
     def __init__(self, x: torch.Tensor, block_size: int):
-        self.x, self.proj = x, None
+        self.x = x
         norms = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
         for i in range(0, x.shape[0], block_size):
             norms[i : i + block_size] = x[i : i + block_size].to(torch.float32).norm(dim=1)
         self.inv = 1.0 / norms.clamp_min(1e-12)  # zero rows stay zero: similarity 0 to all
 
-    def projected(self, proj: torch.Tensor) -> "_Rows":
-        other = object.__new__(_Rows)
-        other.x, other.inv, other.proj = self.x, self.inv, proj
-        return other
+    def __call__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(idx, slice):
+            return self.x[idx].to(torch.float32) * self.inv[idx].unsqueeze(1)
+        # index_select: parallel, unlike advanced indexing
+        return self.x.index_select(0, idx).to(torch.float32) * self.inv.index_select(0, idx).unsqueeze(1)
+
+
+class _Projected:
+    """Normalised ``r``-d projections of all rows, computed once (``n x r`` floats)."""
+
+    def __init__(self, rows: _Rows, proj: torch.Tensor, block_size: int):
+        n = rows.x.shape[0]
+        self.y = torch.empty((n, proj.shape[1]), dtype=torch.float32, device=rows.x.device)
+        for i in range(0, n, block_size):
+            b = rows(slice(i, i + block_size)) @ proj
+            self.y[i : i + block_size] = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def __call__(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        rows = self.x[idx].to(torch.float32) * self.inv[idx].unsqueeze(1)
-        if self.proj is not None:
-            rows = rows @ self.proj
-            rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return rows
+        return self.y[idx] if isinstance(idx, slice) else self.y.index_select(0, idx)
 
 
 def _fit_projection(sample: torch.Tensor, r: int) -> torch.Tensor:
@@ -114,12 +122,13 @@ def _kmeans(sample: torch.Tensor, nlist: int, niter: int, gen: torch.Generator, 
 def _merge_topk(
     best_v: torch.Tensor, best_i: torch.Tensor, rows: torch.Tensor, v: torch.Tensor, i: torch.Tensor
 ) -> None:
+    """Fold candidates ``(v, i)`` of the (distinct) ``rows`` into their running top-k."""
     kk = best_v.shape[1]
-    cv = torch.cat([best_v[rows], v], dim=1)
-    ci = torch.cat([best_i[rows], i], dim=1)
+    cv = torch.cat([best_v.index_select(0, rows), v], dim=1)
+    ci = torch.cat([best_i.index_select(0, rows), i], dim=1)
     top_v, pos = torch.topk(cv, kk, dim=1)
-    best_v[rows] = top_v
-    best_i[rows] = torch.gather(ci, 1, pos)
+    best_v.index_copy_(0, rows, top_v)
+    best_i.index_copy_(0, rows, torch.gather(ci, 1, pos))
 
 
 def _self_first(idx: torch.Tensor) -> torch.Tensor:
@@ -178,10 +187,10 @@ def approximate_topk_cosine(
     kq = k
     if reduce:
         proj = _fit_projection(rows(sample_idx), int(reduce_dim))
-        search_rows = rows.projected(proj)
+        search_rows = _Projected(rows, proj, block_size)
         kq = min(n, max(k, int(rerank) * k))
     else:
-        search_rows = rows
+        search_rows = rows  # type: ignore[assignment]
 
     # 1. coarse clusters
     centroids = _kmeans(search_rows(sample_idx), nlist, niter, gen, block_size)
@@ -241,11 +250,11 @@ def approximate_topk_cosine(
     # 4. re-score the candidates with the full features
     if reduce:
         out = torch.empty((n, k), dtype=torch.int64, device=dev)
-        step = max(1, (block_size * block_size) // (kq * d))  # one block of floats
+        step = max(1, (block_size * block_size) // (kq * d))
         for i in range(0, n, step):
             cand = best_i[i : i + step]
             q = rows(slice(i, i + step))
-            c = rows(cand.reshape(-1)).reshape(cand.shape[0], kq, d)
+            c = rows(cand.reshape(-1)).reshape(cand.shape[0], kq, d)  # one block of floats
             sims = torch.bmm(c, q.unsqueeze(2)).squeeze(2)
             out[i : i + step] = torch.gather(cand, 1, torch.topk(sims, k, dim=1).indices)
         best_i = out

@@ -103,7 +103,7 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         env = dict(os.environ, SEA_DIST_RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
         env.pop("RAY_ADDRESS", None)
         job = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), "--epochs", "12",
+            [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), "--epochs", "30",
              f"data.root={tiny_root}", "train.batch_size=256", "model.club_inner_steps=20", "train.patience=50",
              f"metrics.port={base}", "metrics.host=127.0.0.1", f"metrics.pushgateway_url=127.0.0.1:{push_port}"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -111,7 +111,7 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         procs.append(job)
 
         # every worker's endpoint, while the run trains
-        first = {p: _wait(lambda p=p: _scrape(p).get("sea_dist_epoch") and _scrape(p), 180, f"worker :{p}")
+        first = {p: _wait(lambda p=p: _scrape(p).get("sea_dist_epoch") and _scrape(p), 420, f"worker :{p}")
                  for p in (base, base + 1)}
         time.sleep(3)
         second = {p: _scrape(p) for p in (base, base + 1)}
@@ -130,14 +130,14 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         for name in CHECKPOINT:
             assert name in second[base], f"{name} missing on rank 0"
         # the driver side (Ray Train controller) exports the run-level series
-        driver = _wait(lambda: _scrape(base - 1).get("sea_dist_epoch") and _scrape(base - 1), 60, "driver endpoint")
+        driver = _wait(lambda: _scrape(base - 1).get("sea_dist_epoch") and _scrape(base - 1), 180, "driver endpoint")
         assert driver["sea_dist_epoch"][0].labels["rank"] == "driver"
         for name in CHECKPOINT + ["sea_dist_eval_metric", "sea_dist_loss"]:
             assert name in driver, f"{name} missing on the driver"
 
         # the real Prometheus server scraped a training metric
         api = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": "sea_dist_train_edges_total"})
-        result = _wait(lambda: json.loads(_get(api))["data"]["result"], 60, "Prometheus to ingest a scrape")
+        result = _wait(lambda: json.loads(_get(api))["data"]["result"], 180, "Prometheus to ingest a scrape")
         assert {r["metric"]["rank"] for r in result} <= {"0", "1"} and float(result[0]["value"][1]) > 0
 
         job_out, _ = job.communicate(timeout=600)
