@@ -11,6 +11,7 @@ wall time to the best epoch (training + evaluation seconds up to it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -52,27 +53,48 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seeds", default="999,1000,1001")
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results.md"))
+    p.add_argument("--reuse", metavar="JSONL", help="results of an earlier (interrupted) run of this "
+                   "script: (variant, seed) pairs found there are not trained again")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = movielens_root()
     rows: dict[str, dict[str, list[float]]] = {}
+    done = {}
+    if args.reuse:
+        with open(args.reuse) as f:
+            for line in f:
+                record = json.loads(line)
+                if record.get("benchmark") == "accuracy" and "variant" in record:
+                    done[(record["variant"], record["seed"])] = record
+    popularity = None
     for name, overrides in VARIANTS.items():
         for seed in seeds:
+            row = rows.setdefault(name, {m: [] for m in METRICS + ("time_to_best_s", "best_epoch")})
+            if (name, seed) in done:
+                record = done[(name, seed)]
+                for m in METRICS:
+                    row[m].append(record[f"test_{m}"])
+                row["time_to_best_s"].append(record["time_to_best_s"])
+                row["best_epoch"].append(record["best_epoch"])
+                emit(record)
+                continue
             summary, history = train(
                 {"data.root": root, "train.seed": seed, "train.epochs": args.epochs,
                  "train.patience": args.patience, **overrides},
                 with_history=True,
             )
-            row = rows.setdefault(name, {m: [] for m in METRICS + ("time_to_best_s", "best_epoch")})
             for m in METRICS:
                 row[m].append(summary["test"][m])
             row["time_to_best_s"].append(time_to_best(summary, history))
             row["best_epoch"].append(summary["best_epoch"])
+            popularity = summary["popularity_test"]
             emit({"benchmark": "accuracy", "variant": name, "seed": seed, "best_epoch": summary["best_epoch"],
                   **{f"test_{m}": summary["test"][m] for m in METRICS},
-                  "time_to_best_s": row["time_to_best_s"][-1]})
-            popularity = summary["popularity_test"]
-        rows.setdefault("Popularity", {m: [popularity[m]] for m in METRICS})
+                  "time_to_best_s": row["time_to_best_s"][-1],
+                  "popularity": {m: popularity[m] for m in METRICS}})
+    if popularity is None:  # everything reused: popularity depends on the data only
+        popularity = next(r["popularity"] for r in done.values() if "popularity" in r)
+    rows["Popularity"] = {m: [popularity[m]] for m in METRICS}
     lines = [
         "# Accuracy on MovieLens-100K",
         "",
