@@ -102,7 +102,9 @@ def main() -> None:
         f"(seeds {', '.join(map(str, seeds))}; up to {args.epochs} epochs, patience {args.patience}; "
         "reference hyper-parameters otherwise: lr 1e-4, batch 2048, knn_k 10). Test metrics at the best "
         "validation Recall@20 epoch, mean ± standard deviation over seeds. Dataset: "
-        "`python -m sea_dist.data.examples movielens-100k` (modalities meta 32-d, text 384-d MiniLM).",
+        "`python -m sea_dist.data.examples movielens-100k` (modalities meta 32-d, text 384-d MiniLM). "
+        "Wall times are as measured on a shared 2-core machine: compare them only between rows run "
+        "under the same load.",
         "",
         "| variant | Recall@10 | Recall@20 | NDCG@10 | NDCG@20 | best epoch | wall s to best epoch |",
         "|---|---|---|---|---|---|---|",
