@@ -3,8 +3,8 @@
 :func:`exact_topk_cosine` costs ``n^2 d`` flops: 50k x 4096-d items take minutes on 2 cores, 200k
 items about 16x that, 5M items are out of reach. :func:`approximate_topk_cosine` is an inverted
 file index (IVF) built for the *all-points* kNN graph, in plain torch (no extra dependency,
-same code on CPU and GPU); ``docs/knn.md`` has the measurements against faiss (IVF-Flat,
-HNSW), hnswlib and pynndescent that chose it.
+same code on CPU and GPU). The documented comparison against faiss (IVF-Flat, HNSW), hnswlib
+and pynndescent (``benchmarks/knn_recall.py``, ``docs/knn.md``) is still open work (issue 3).
 
 Algorithm (``method="ivf"``):
 
@@ -22,9 +22,10 @@ Algorithm (``method="ivf"``):
 4. **Optional dimension reduction** (``reduce_dim=r``): the search of steps 1-3 runs on
    ``r``-d projections (uncentred PCA of the normalised rows, fitted on the sample, so inner
    products are preserved as well as rank ``r`` allows), keeps ``rerank * k`` candidates per
-   item and re-scores those with the full features (exact cosine). Measured in
-   ``docs/knn.md``: a seeded random projection loses too much recall to be worth it; PCA +
-   rerank keeps recall and cuts the cost and the memory of the search for 4096-d features.
+   item and re-scores those with the full features (exact cosine). In trials here a seeded
+   random projection lost too much recall to be worth it, while PCA + rerank kept recall and
+   cut the cost and the memory of the search for 4096-d features (tests/unit/test_ann.py
+   checks the recall of the reduced search).
 
 Memory: the features are never copied whole (rows are normalised as they are gathered, from
 precomputed norms); the extra state is ``O(n * (nprobe + candidates))`` integers/floats, the
