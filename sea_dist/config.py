@@ -117,6 +117,19 @@ class TrainConfig:
         "start from a published model: an output dir (local or s3://) holding a MANIFEST.json, "
         "or 'latest' for the one published in output.output_dir; empty = from scratch",
     )
+    partitioned: bool = _opt(
+        False,
+        "catalog-scale mode: run the prepare job if needed, each worker loads only its DGL "
+        "partition and fetches feature rows from the Parquet shards (see docs/scaling.md)",
+    )
+    user_tables: str = _opt(
+        "sharded",
+        "partitioned mode: per-user tables 'sharded' by owning partition (memory ~ users/P) or "
+        "'replicated' on every worker (small graphs, equivalence checks)",
+    )
+    feature_cache_rows: int = _opt(
+        1_000_000, "partitioned mode: feature rows each worker keeps cached per modality"
+    )
     warm_start_optimizer: bool = _opt(
         False, "with warm_start, also restore the dense parameters' Adam moments (same mode only)"
     )
@@ -162,9 +175,35 @@ class MetricsConfig:
 
 
 @dataclass
+class PrepareConfig:
+    num_parts: int = _opt(
+        0, "graph partitions written by prepare (one per training worker); 0 = train.num_workers"
+    )
+    part_method: str = _opt(
+        "auto",
+        "partitioner: metis (fewer cut edges, needs the graph in memory several times over), "
+        "random (streaming-friendly), or auto = metis up to metis_max_edges, random above",
+    )
+    metis_max_edges: int = _opt(
+        20_000_000,
+        "auto picks METIS up to this many train interactions (DGL's METIS path peaked at about "
+        "0.5 KB per interaction here), random above",
+    )
+    exact_knn_max_items: int = _opt(
+        50_000, "blocked exact kNN up to this many items, the approximate IVF search above"
+    )
+    knn_nprobe: int = _opt(8, "approximate kNN: inverted lists probed per item (recall vs time)")
+    work_dir: str = _opt(
+        "", "local scratch for DGL's partition files before upload; empty = a temporary directory"
+    )
+    force: bool = _opt(False, "rebuild even when a complete prepared version already exists")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -55,16 +55,18 @@ def mixed_knn_graph(
     k: int,
     mix_weights: list[float],
     block_size: int = 4096,
+    search=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``S = sum_m w_m S_m`` as coalesced (rows, cols, weights) edges, sorted by row.
 
     An (i, j) pair found in several modalities becomes one edge with the summed weight,
-    which is what adding the sparse matrices does in the reference.
+    which is what adding the sparse matrices does in the reference. ``search(features, k)``
+    returns each item's neighbours (itself first); default: the blocked exact search.
     """
     all_rows, all_cols, all_w = [], [], []
     n_items = None
     for (modality, feats), weight in zip(features.items(), mix_weights):
-        neighbours = exact_topk_cosine(feats, k, block_size)
+        neighbours = search(feats, k) if search else exact_topk_cosine(feats, k, block_size)
         rows, cols, w = knn_edges(neighbours)
         n_items = neighbours.shape[0]
         all_rows.append(rows)

@@ -36,14 +36,18 @@ class BatchSampler:
         fanouts: list[int],
         knn_fanout: int = -1,
         n_mm_layers: int = 1,
+        user_degree: torch.Tensor | None = None,
+        item_degree: torch.Tensor | None = None,
     ):
+        """``user_degree``/``item_degree`` override the degrees counted from ``graph``: a
+        partition's graph holds part of the edges, its normalisation uses the full graph's."""
         if any(f == 0 or f < -1 for f in list(fanouts) + [knn_fanout]):
             raise ValueError(f"fanouts must be positive or -1 (all), got {fanouts}, {knn_fanout}")
         self.fanouts = list(fanouts)  # outer hop first
         self.knn_fanout = knn_fanout
         self.n_mm_layers = n_mm_layers
-        self.user_degree = graph.user_degree
-        self.item_degree = graph.item_degree
+        self.user_degree = graph.user_degree if user_degree is None else torch.as_tensor(user_degree)
+        self.item_degree = graph.item_degree if item_degree is None else torch.as_tensor(item_degree)
         self.knn_row_size = torch.bincount(graph.knn_rows, minlength=graph.n_items)
         self.knn_weights = graph.knn_weights.float()
         self.ui_graph = dgl.heterograph(
@@ -60,7 +64,14 @@ class BatchSampler:
         n = users.numel()
         seed_users, batch_user = torch.unique(users, return_inverse=True)
         seed_items, item_index = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        return self._sample(seed_users, seed_items, batch_user, item_index[:n], item_index[n:])
 
+    def sample_nodes(self, users: torch.Tensor, items: torch.Tensor) -> MiniBatch:
+        """The computation graph of given (unique, sorted) users and items, for inference."""
+        empty = torch.zeros(0, dtype=torch.int64)
+        return self._sample(users, items, empty, empty, empty)
+
+    def _sample(self, seed_users, seed_items, batch_user, batch_pos, batch_neg) -> MiniBatch:
         knn_hops: list[Relation] = []
         frontier = seed_items
         for _ in range(self.n_mm_layers):
@@ -81,8 +92,8 @@ class BatchSampler:
             seed_users=seed_users,
             seed_items=seed_items,
             batch_user=batch_user,
-            batch_pos=item_index[:n],
-            batch_neg=item_index[n:],
+            batch_pos=batch_pos,
+            batch_neg=batch_neg,
         )
 
     def _knn_hop(self, items: torch.Tensor) -> tuple[Relation, torch.Tensor]:

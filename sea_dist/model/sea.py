@@ -217,6 +217,20 @@ class SEA(nn.Module):
         ``input_features[m]`` holds the raw rows of ``batch.input_items`` in that order.
         """
         n_seed_items = batch.seed_items.numel()
+        user_rep, item_rep = self.represent_batch(batch, input_features, tables)
+        users = user_rep[batch.batch_user]
+        pos = (users * item_rep[batch.batch_pos]).sum(dim=1)
+        neg = (users * item_rep[batch.batch_neg]).sum(dim=1)
+        # the seed items are the input rows' prefix (DGL block convention)
+        views = self.auxiliary_views({m: f[:n_seed_items] for m, f in input_features.items()})
+        return BatchOutput(pos, neg, views)
+
+    def represent_batch(
+        self, batch: MiniBatch, input_features: dict[str, torch.Tensor], tables: UserTables
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final representations of ``batch.seed_users`` and ``batch.seed_items`` (the same
+        computation as :meth:`forward_full`, over the sampled blocks)."""
+        n_seed_items = batch.seed_items.numel()
         user_parts, item_parts = [], []
         weights = tables.modality_weights(batch.seed_users)
         for index, m in enumerate(self.modalities):
@@ -239,11 +253,4 @@ class SEA(nn.Module):
         mixed = combined
         for hop in batch.knn_hops:
             mixed = hop.aggregate(mixed)
-        user_rep = torch.cat(user_parts, dim=1)
-        item_rep = combined[:n_seed_items] + mixed
-        users = user_rep[batch.batch_user]
-        pos = (users * item_rep[batch.batch_pos]).sum(dim=1)
-        neg = (users * item_rep[batch.batch_neg]).sum(dim=1)
-        # the seed items are the input rows' prefix (DGL block convention)
-        views = self.auxiliary_views({m: f[:n_seed_items] for m, f in input_features.items()})
-        return BatchOutput(pos, neg, views)
+        return torch.cat(user_parts, dim=1), combined[:n_seed_items] + mixed

@@ -102,31 +102,8 @@ class Trainer:
         self.device = ctx.device
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
 
-        # data -> graph
-        self.dataset = dataset or with_retries(
-            lambda: load_dataset(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}"
-        )
-        ds = self.dataset
-        self.train_users, self.train_items = ds.split_edges(0)
-        self.graph: TrainGraph = build_train_graph(
-            ds.n_users, ds.n_items, self.train_users, self.train_items, ds.features, cfg.graph
-        )
-        self.full_graph = self.graph.full_graph().to(self.device)
-        self.features = {m: torch.from_numpy(f).to(self.device) for m, f in ds.features.items()}
-        self.negatives = NegativeSampler(self.train_users, self.train_items, ds.n_items)
-        self.sampler = None
-        if not self.full_graph_mode:
-            self.sampler = BatchSampler(
-                self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers
-            )
-        self.evaluator = Evaluator(
-            ds.n_users,
-            ds.n_items,
-            {name: ds.split_edges(i) for i, name in enumerate(("train", "valid", "test"))},
-            cfg.eval,
-            ctx,
-        )
-
+        self.dataset = dataset
+        self._setup_data()
         if ctx.is_main and any(self.evaluator.skipped_users.values()):
             log.warning(
                 "not evaluated (no training interactions, MMRec convention): %d validation and "
@@ -136,25 +113,21 @@ class Trainer:
             )
 
         # model: dense network, per-user tables, CLUB's Q — three optimizers, as in SEA_SPEC
-        self.model = SEA(ds.meta.modalities, cfg.model).to(self.device)
+        self.model = SEA(self.modality_dims, cfg.model).to(self.device)
         if not self.model.alignment and ctx.is_main:
             log.warning(
                 "one modality (%s): SEA's alignment (Solosim) term is off; separation and BPR remain",
                 ", ".join(self.model.modalities),
             )
-        self.tables = UserTables(
-            ds.n_users, self.model.modalities, cfg.model.embedding_dim, sparse=not self.full_graph_mode
-        ).to(self.device)
+        self._make_tables()
         self.club = ClubEstimators(self.model.modalities, cfg.model).to(self.device)
         lr = cfg.train.lr
         if self.full_graph_mode:  # the reference: one dense Adam over network and tables
             self.optimizer = torch.optim.Adam(
                 list(self.model.parameters()) + list(self.tables.parameters()), lr=lr
             )
-            self.table_optimizer = None
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-            self.table_optimizer = torch.optim.SparseAdam(list(self.tables.parameters()), lr=lr)
         self.club_optimizer = torch.optim.Adam(self.club.parameters(), lr=lr)
         self.step_model = self.model
         if ctx.world_size > 1 and not self.full_graph_mode:
@@ -182,6 +155,49 @@ class Trainer:
         if self.outputs is not None:
             for record in self.progress.history:  # a resumed run keeps its earlier epochs
                 self.outputs.append_metrics(record)
+
+    # ---- setup ----------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        """Dataset -> training graph, features, negatives, sampler and evaluator (every
+        worker holds the whole graph; :class:`~sea_dist.train.partitioned.PartitionedTrainer`
+        replaces this with one partition)."""
+        cfg, ctx = self.cfg, self.ctx
+        self.dataset = self.dataset or with_retries(
+            lambda: load_dataset(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}"
+        )
+        ds = self.dataset
+        self.modality_dims = dict(ds.meta.modalities)
+        self.train_users, self.train_items = ds.split_edges(0)
+        self.graph: TrainGraph = build_train_graph(
+            ds.n_users, ds.n_items, self.train_users, self.train_items, ds.features, cfg.graph
+        )
+        self.full_graph = self.graph.full_graph().to(self.device)
+        self.features = {m: torch.from_numpy(f).to(self.device) for m, f in ds.features.items()}
+        self.negatives = NegativeSampler(self.train_users, self.train_items, ds.n_items)
+        self.sampler = None
+        if not self.full_graph_mode:
+            self.sampler = BatchSampler(
+                self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers
+            )
+        self.evaluator = Evaluator(
+            ds.n_users,
+            ds.n_items,
+            {name: ds.split_edges(i) for i, name in enumerate(("train", "valid", "test"))},
+            cfg.eval,
+            ctx,
+        )
+
+    def _make_tables(self) -> None:
+        """The per-user tables and their optimizer (sampled mode: replicated, sparse)."""
+        self.tables = UserTables(
+            self.dataset.n_users,
+            self.model.modalities,
+            self.cfg.model.embedding_dim,
+            sparse=not self.full_graph_mode,
+        ).to(self.device)
+        self.table_optimizer = None
+        if not self.full_graph_mode:
+            self.table_optimizer = torch.optim.SparseAdam(list(self.tables.parameters()), lr=self.cfg.train.lr)
 
     # ---- the run ------------------------------------------------------------------------
     def fit(self) -> dict | None:
@@ -259,24 +275,16 @@ class Trainer:
             pos_scores = (u * item_rep[pos_t.to(self.device)]).sum(1)
             neg_scores = (u * item_rep[neg_t.to(self.device)]).sum(1)
         else:
-            batch = self.sampler.sample(users_t, pos_t, neg_t)
-            fetch_started = time.monotonic()
-            inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
-            fetched_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
-            batch = batch.to(self.device)
-            sampled = time.monotonic()
-            times.feature_fetch_s += sampled - fetch_started
-            out = self.step_model(batch, inputs, self.tables)
-            pos_scores, neg_scores, views = out.pos_scores, out.neg_scores, out.views
+            pos_scores, neg_scores, views, fetched_bytes, sampled = self._sampled_forward(
+                users_t, pos_t, neg_t, times
+            )
         terms = sea_losses(
             self.model, self.club, pos_scores, neg_scores, views, self.cfg.model, loss_rng
         )
         self.optimizer.zero_grad(set_to_none=True)
-        if self.table_optimizer is not None:
-            self.table_optimizer.zero_grad(set_to_none=True)
+        self._zero_table_grads()
         terms.total.backward()  # DDP all-reduces dense gradients here
-        if self.table_optimizer is not None:
-            synchronize_sparse_gradients(self.tables, self.ctx)
+        self._sync_table_grads()
         backward_done = time.monotonic()
         # Q is fitted after the main backward and before the main step, as the reference does.
         # Each worker fits on its own rows; averaging gradients by row count makes every
@@ -292,8 +300,7 @@ class Trainer:
         )
         fitted = time.monotonic()
         self.optimizer.step()
-        if self.table_optimizer is not None:
-            self.table_optimizer.step()
+        self._step_tables()
         done = time.monotonic()
         fetch_s = times.feature_fetch_s - fetch_before
         times.sampling_s += sampled - tick - fetch_s
@@ -301,6 +308,35 @@ class Trainer:
         times.model_s += (backward_done - sampled) + (done - fitted)
         times.club_fit_s += fitted - backward_done
         return terms
+
+    def _sampled_forward(self, users_t, pos_t, neg_t, times: EpochTimes):
+        """Sample the batch's computation graph, gather its input rows, run the model.
+
+        Returns (pos scores, neg scores, auxiliary views, feature bytes gathered, the time
+        the model started); the time spent gathering features is added to
+        ``times.feature_fetch_s``.
+        """
+        batch = self.sampler.sample(users_t, pos_t, neg_t)
+        fetch_started = time.monotonic()
+        inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
+        fetched_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
+        batch = batch.to(self.device)
+        model_started = time.monotonic()
+        times.feature_fetch_s += model_started - fetch_started
+        out = self.step_model(batch, inputs, self.tables)
+        return out.pos_scores, out.neg_scores, out.views, fetched_bytes, model_started
+
+    def _zero_table_grads(self) -> None:
+        if self.table_optimizer is not None:
+            self.table_optimizer.zero_grad(set_to_none=True)
+
+    def _sync_table_grads(self) -> None:
+        if self.table_optimizer is not None:
+            synchronize_sparse_gradients(self.tables, self.ctx)
+
+    def _step_tables(self) -> None:
+        if self.table_optimizer is not None:
+            self.table_optimizer.step()
 
     def item_degree_of(self, items: np.ndarray) -> np.ndarray:
         """Training degree of the given item indices (0 = a cold-start item)."""

@@ -29,7 +29,7 @@ def test_config_to_dict_is_nested_plain() -> None:
     assert d["graph"]["knn_k"] == 10
     assert d["graph"]["fanouts"] == [10, 10]
     assert d["eval"]["topk"] == [10, 20]
-    assert set(d) == {"data", "graph", "model", "train", "eval", "output", "metrics"}
+    assert set(d) == {"data", "graph", "prepare", "model", "train", "eval", "output", "metrics"}
 
 
 def test_every_field_has_help() -> None:
