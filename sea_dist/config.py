@@ -29,6 +29,11 @@ class DataConfig:
         "S3 endpoint override for S3-compatible stores (e.g. http://127.0.0.1:9000); "
         "credentials come from the usual AWS_* environment variables",
     )
+    prepared: str = _opt(
+        "",
+        "partitioned mode: a prepared version (<root>/prepared/<version>); empty = the one "
+        "for data.root and the prepare settings, built by the driver when missing",
+    )
 
 
 @dataclass
@@ -144,6 +149,16 @@ class EvalConfig:
         "also mask validation items when testing (MMRec masks only training items)",
     )
     user_batch_size: int = _opt(4096, "users scored per full-ranking batch")
+    inference_fanouts: list = _opt(
+        [],
+        "partitioned mode: neighbours per user-item hop when computing the representations "
+        "evaluated and exported (outer hop first); empty = every neighbour the partition holds",
+    )
+    max_users: int = _opt(
+        0,
+        "partitioned mode: evaluate a seeded sample of about this many users (each worker "
+        "its share); 0 = all. Full ranking costs users x items per epoch",
+    )
 
 
 @dataclass

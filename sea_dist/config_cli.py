@@ -346,6 +346,38 @@ def validate_config(cfg: Config) -> None:
             f"({t.num_workers}): the global batch is split over the workers",
         )
 
+    if t.partitioned:
+        need(not t.full_graph, "train.partitioned and train.full_graph exclude each other")
+        need(not t.resume, "train.resume is not supported in partitioned mode yet (per-rank table shards)")
+        need(not t.warm_start, "train.warm_start is not supported in partitioned mode yet")
+    need(
+        t.user_tables in ("sharded", "replicated"),
+        f"train.user_tables must be 'sharded' or 'replicated', got {t.user_tables!r}",
+    )
+    need(
+        cfg.prepare.part_method in ("auto", "metis", "random"),
+        f"prepare.part_method must be auto, metis or random, got {cfg.prepare.part_method!r}",
+    )
+    for key, value in (
+        ("prepare.num_parts", cfg.prepare.num_parts),
+        ("prepare.metis_max_edges", cfg.prepare.metis_max_edges),
+        ("prepare.exact_knn_max_items", cfg.prepare.exact_knn_max_items),
+        ("eval.max_users", e.max_users),
+        ("train.feature_cache_rows", t.feature_cache_rows),
+    ):
+        need(is_int(value) and value >= 0, f"{key} must be an integer >= 0, got {value!r}")
+    need(
+        is_int(cfg.prepare.knn_nprobe) and cfg.prepare.knn_nprobe > 0,
+        f"prepare.knn_nprobe must be a positive integer, got {cfg.prepare.knn_nprobe!r}",
+    )
+    need(
+        isinstance(e.inference_fanouts, list)
+        and all(is_int(f) and (f > 0 or f == -1) for f in e.inference_fanouts)
+        and len(e.inference_fanouts) in (0, len(g.fanouts) if isinstance(g.fanouts, list) else 0),
+        f"eval.inference_fanouts must be empty or one positive (or -1) entry per user-item hop, "
+        f"got {e.inference_fanouts!r}",
+    )
+
     fanouts_ok = isinstance(g.fanouts, list) and all(
         is_int(f) and (f > 0 or f == -1) for f in g.fanouts
     )

@@ -32,8 +32,18 @@ class Evaluator:
         edges: dict[str, tuple[np.ndarray, np.ndarray]],
         cfg: EvalConfig,
         ctx: WorkerContext | None = None,
+        users_sharded: bool = False,
+        popularity_counts: np.ndarray | None = None,
     ):
-        """``edges[split] = (users, items)`` for "train", "valid" and "test"."""
+        """``edges[split] = (users, items)`` for "train", "valid" and "test".
+
+        ``users_sharded``: every worker was given only its own users (partitioned mode) and
+        evaluates all of them, instead of a slice of a shared user set; the per-user results
+        are gathered in rank order either way. ``popularity_counts``: the items' training
+        degrees over the whole graph, where ``edges["train"]`` holds only this worker's.
+        """
+        self.users_sharded = users_sharded
+        self.popularity_counts = popularity_counts
         self.cfg = cfg
         self.ctx = ctx or WorkerContext()
         self.n_users, self.n_items = n_users, n_items
@@ -60,7 +70,11 @@ class Evaluator:
 
     def evaluate(self, user_emb: torch.Tensor, item_emb: torch.Tensor, split: str) -> dict[str, float]:
         evaluated = self.splits[split]
-        shard = shard_slice(len(evaluated), self.ctx.rank, self.ctx.world_size)
+        shard = (
+            slice(0, len(evaluated))
+            if self.users_sharded
+            else shard_slice(len(evaluated), self.ctx.rank, self.ctx.world_size)
+        )
         per_user = evaluate(
             user_emb,
             item_emb,
@@ -79,4 +93,6 @@ class Evaluator:
     def popularity(self, split: str) -> dict[str, float]:
         """The popularity ranking's metrics on ``split``, through the same masking."""
         users, items = popularity_embeddings(self.n_users, self.n_items, self.train_items)
+        if self.popularity_counts is not None:
+            items = torch.from_numpy(np.asarray(self.popularity_counts, dtype=np.float64)).unsqueeze(1)
         return self.evaluate(users, items, split)

@@ -256,6 +256,7 @@ class LocalPartition:
     knn_dst: np.ndarray
     knn_src: np.ndarray
     knn_w: np.ndarray
+    n_dgl_items: int  # items 0..n_dgl_items-1 are DGL's (they have kNN rows); the rest extras
 
     @property
     def n_users(self) -> int:
@@ -319,4 +320,5 @@ def load_local_partition(fs, prepared_path: str, part: int, scratch: str | None 
         knn_dst=side["knn_dst"],
         knn_src=side["knn_src"],
         knn_w=side["knn_w"],
+        n_dgl_items=int(side["item_in_dgl"][0]),
     )

@@ -78,8 +78,10 @@ class RunOutputs:
         raw_ids: np.ndarray,
         embeddings: torch.Tensor,
         rows_per_shard: int = 1_000_000,
+        name_prefix: str = "",
     ) -> list[str]:
-        """``embeddings/<kind>/part-NNNNN.parquet`` with the raw ids of the dataset."""
+        """``embeddings/<kind>/part-<name_prefix>NNNNN.parquet`` with the raw ids of the dataset
+        (``name_prefix`` keeps the files of several writers, e.g. one per rank, apart)."""
         id_column = "user_id" if kind == "users" else "item_id"
         folder = self._join("embeddings", kind)
         self.fs.makedirs(folder, exist_ok=True)
@@ -87,7 +89,7 @@ class RunOutputs:
         for shard, start in enumerate(range(0, max(len(raw_ids), 1), rows_per_shard)):
             stop = start + rows_per_shard
             table = embedding_table(raw_ids[start:stop], embeddings[start:stop], id_column)
-            path = posixpath.join(folder, f"part-{shard:05d}.parquet")
+            path = posixpath.join(folder, f"part-{name_prefix}{shard:05d}.parquet")
 
             def write(path=path, table=table) -> None:
                 with self.fs.open(path, "wb") as f:

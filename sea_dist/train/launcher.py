@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides, config_to_dict
+from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
 from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
 from sea_dist.ops.publish import Publisher, config_fingerprint
@@ -107,6 +107,20 @@ def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
     # fail fast on bad data, before any worker starts (transient storage faults are retried)
     meta = with_retries(lambda: load_meta(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
+    if cfg.train.partitioned and not cfg.data.prepared:
+        from sea_dist.prepare.job import run_prepare  # builds it only when missing
+
+        prepared = run_prepare(cfg)
+        cfg = replace(cfg, data=replace(cfg.data, prepared=prepared.uri))
+    if cfg.train.partitioned:
+        from sea_dist.prepare.job import load_prepared
+
+        parts = load_prepared(cfg.data.prepared, cfg.data.s3_endpoint_url).num_parts
+        if parts != cfg.train.num_workers:
+            raise ConfigError(
+                f"{cfg.data.prepared} has {parts} partitions but train.num_workers is "
+                f"{cfg.train.num_workers}: each worker trains exactly one partition"
+            )
     published = already_published(cfg, meta.version)
     if published is not None:
         log.info(
@@ -212,9 +226,8 @@ def ray_train_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from sea_dist.train.loop import Trainer
-
     cfg = apply_overrides(Config(), loop_config["config"])
+    trainer_class = _trainer_class(cfg)
     dataset_version = loop_config["dataset_version"]
     _quiet_ray_report_logs()
     # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
@@ -238,10 +251,20 @@ def ray_train_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             resume_state = load_checkpoint(directory, map_location=device)
     metrics = _worker_metrics(cfg, str(ctx.rank), context.get_local_rank(), dataset_version)
-    trainer = Trainer(cfg, ctx, resume_state=resume_state, metrics=metrics)
+    trainer = trainer_class(cfg, ctx, resume_state=resume_state, metrics=metrics)
     summary = trainer.fit()
-    if ctx.is_main:
-        trainer.write_outputs(summary)
+    trainer.write_outputs(summary)  # a collective in partitioned mode; rank 0 writes otherwise
+
+
+def _trainer_class(cfg: Config):
+    """Heavy imports only where training happens."""
+    if cfg.train.partitioned:
+        from sea_dist.train.partitioned import PartitionedTrainer
+
+        return PartitionedTrainer
+    from sea_dist.train.loop import Trainer
+
+    return Trainer
 
 
 def _quiet_ray_report_logs() -> None:

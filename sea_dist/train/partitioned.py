@@ -1,0 +1,364 @@
+"""Partition-local training: each worker holds one DGL partition, not the whole graph.
+
+The same loop as :class:`~sea_dist.train.loop.Trainer` (read that first); what differs is where
+each input comes from:
+
+* **graph**: this worker's partition of a prepared version (``jobs/prepare.py``), in local
+  ids; the sampler draws from it with full-graph degrees (the halo rule is in
+  :mod:`sea_dist.graph.partition`);
+* **triples**: the training edges of the users this partition owns, each once per epoch, split
+  into the same number of steps on every worker (DDP needs equal step counts) — batch sizes are
+  proportional to the partitions' edge counts, the global batch stays ``train.batch_size``;
+  negatives are uniform over the partition's items (not the user's positives);
+* **features**: rows fetched per batch from the Parquet shards through a
+  :class:`~sea_dist.data.feature_store.FeatureStore` (only the rows a batch needs, cached);
+* **per-user tables**: sharded by owning partition (or replicated, for equivalence checks),
+  gathered per step and updated sparsely (:mod:`sea_dist.train.sharded_tables`);
+* **evaluation**: each worker computes its own users' and items' representations over its
+  partition, the items' are all-gathered, each worker ranks its own users
+  (``eval.max_users`` samples them at catalog size).
+
+Left for later (the config rejects them): resuming from checkpoints (the table shards would
+need per-rank checkpoint files) and warm start.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from sea_dist.config import Config
+from sea_dist.data.dataset import make_filesystem
+from sea_dist.data.feature_store import open_feature_stores
+from sea_dist.eval.evaluator import Evaluator
+from sea_dist.graph.build import TrainGraph
+from sea_dist.graph.partition import load_local_partition
+from sea_dist.graph.sampler import BatchSampler
+from sea_dist.model.blocks import MiniBatch
+from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.outputs import RunOutputs
+from sea_dist.ops.redact import redact_uri
+from sea_dist.ops.report import render_report
+from sea_dist.ops.retry import with_retries
+from sea_dist.prepare.job import load_prepared
+from sea_dist.train.distributed import WorkerContext
+from sea_dist.train.epoch_data import NegativeSampler
+from sea_dist.train.loop import EpochTimes, Trainer
+from sea_dist.train.sharded_tables import TrafficStats, build_user_tables
+
+log = logging.getLogger(__name__)
+
+
+class PartitionEpochPlan:
+    """This worker's shuffled triples of one epoch, cut into the world's common step count."""
+
+    def __init__(self, users, items, negatives: NegativeSampler, steps: int, seed: int, epoch: int, rank: int):
+        rng = np.random.default_rng([seed, epoch, rank])
+        order = rng.permutation(len(users))
+        self.users, self.pos = users[order], items[order]
+        self.neg = negatives.sample(self.users, rng)
+        self.bounds = np.linspace(0, len(users), steps + 1).astype(np.int64)
+        self.steps = steps
+
+    def num_steps(self, world_size: int = 1) -> int:
+        return self.steps
+
+    def local_batch(self, step: int, rank: int, world_size: int):
+        lo, hi = self.bounds[step], self.bounds[step + 1]
+        return self.users[lo:hi], self.pos[lo:hi], self.neg[lo:hi]
+
+
+class PartitionedTrainer(Trainer):
+    mode = "partitioned"
+
+    def _setup_data(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.mode_name = "partitioned"
+        endpoint = cfg.data.s3_endpoint_url
+        self.prepared = load_prepared(cfg.data.prepared, endpoint)
+        manifest = self.prepared.manifest
+        parts = manifest["partitions"]
+        if parts["num_parts"] != ctx.world_size:
+            raise ValueError(
+                f"{cfg.data.prepared} has {parts['num_parts']} partitions but the run has "
+                f"{ctx.world_size} workers: each worker trains one partition (set "
+                f"train.num_workers={parts['num_parts']} or prepare again with prepare.num_parts)"
+            )
+        self.manifest = manifest
+        self.modality_dims = {m: int(d) for m, d in manifest["dataset"]["modalities"].items()}
+        self.n_users_global = int(manifest["dataset"]["n_users"])
+        self.n_items_global = int(manifest["dataset"]["n_items"])
+        self.user_lo, self.user_hi = parts["user_offsets"][ctx.rank : ctx.rank + 2]
+        self.item_lo, self.item_hi = parts["item_offsets"][ctx.rank : ctx.rank + 2]
+        self.user_bounds = parts["user_offsets"]
+
+        started = time.monotonic()
+        fs, path = make_filesystem(self.prepared.uri, endpoint)
+        lp = with_retries(lambda: load_local_partition(fs, path, ctx.rank), f"reading partition {ctx.rank}")
+        self.part = lp
+        log.info(
+            "partition %d: %d users (%d own), %d items (%d own), %d edges, %d train; %.1f MB, %.1fs",
+            ctx.rank, lp.n_users, int(lp.user_inner.sum()), lp.n_items, int(lp.item_inner.sum()),
+            len(lp.ui_users), int(lp.train_mask.sum()), lp.nbytes() / 1e6, time.monotonic() - started,
+        )
+        self.train_users = lp.ui_users[lp.train_mask]
+        self.train_items = lp.ui_items[lp.train_mask]
+        self.graph = TrainGraph(
+            n_users=lp.n_users,
+            n_items=lp.n_items,
+            ui_users=torch.from_numpy(lp.ui_users),
+            ui_items=torch.from_numpy(lp.ui_items),
+            knn_rows=torch.from_numpy(lp.knn_dst),
+            knn_cols=torch.from_numpy(lp.knn_src),
+            knn_weights=torch.from_numpy(lp.knn_w),
+        )
+        self.full_graph = None
+        self.features = None
+        degrees = dict(user_degree=torch.from_numpy(lp.user_degree), item_degree=torch.from_numpy(lp.item_degree))
+        self.sampler = BatchSampler(self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers, **degrees)
+        inference = cfg.eval.inference_fanouts or [-1] * len(cfg.graph.fanouts)
+        self.inference_sampler = BatchSampler(self.graph, inference, -1, cfg.model.n_mm_layers, **degrees)
+        # negatives come from the items with kNN rows here (the extras have none)
+        self.negatives = NegativeSampler(self.train_users, self.train_items, lp.n_dgl_items)
+        self.stores = open_feature_stores(
+            cfg.data.root, self.modality_dims, endpoint, cache_rows=cfg.train.feature_cache_rows
+        )
+        self.user_global = torch.from_numpy(lp.user_global)
+        self.table_traffic = TrafficStats()
+        self.evaluator = self._partition_evaluator(fs, path)
+
+    def _partition_evaluator(self, fs, path: str) -> Evaluator:
+        """Evaluate the users this partition owns (indices ``global - user_lo``)."""
+        cfg, lp = self.cfg, self.part
+        held = with_retries(
+            lambda: pq.read_table(fs.open(posixpath.join(path, "eval", f"part-{self.ctx.rank}.parquet"), "rb")),
+            "reading held-out edges",
+        )
+        users = held.column("user").to_numpy() - self.user_lo
+        items = held.column("item").to_numpy()
+        split = held.column("split").to_numpy()
+        n_own = self.user_hi - self.user_lo
+        train_u = lp.user_global[self.train_users] - self.user_lo
+        train_i = lp.item_global[self.train_items]
+        if cfg.eval.max_users and cfg.eval.max_users < self.n_users_global:
+            share = cfg.eval.max_users / self.n_users_global
+            keep = np.random.default_rng([cfg.train.seed, 7, self.ctx.rank]).random(n_own) < share
+            held_keep = keep[users]
+            users, items, split = users[held_keep], items[held_keep], split[held_keep]
+        popularity = with_retries(
+            lambda: pq.read_table(fs.open(posixpath.join(path, "id_maps", "items.parquet"), "rb"), columns=["train_degree"]),
+            "reading the item id map",
+        ).column("train_degree").to_numpy()
+        return Evaluator(
+            n_own,
+            self.n_items_global,
+            {
+                "train": (train_u, train_i),
+                "valid": (users[split == 1], items[split == 1]),
+                "test": (users[split == 2], items[split == 2]),
+            },
+            cfg.eval,
+            self.ctx,
+            users_sharded=True,
+            popularity_counts=popularity,
+        )
+
+    def _make_tables(self) -> None:
+        cfg = self.cfg
+        self.tables = build_user_tables(
+            cfg.train.user_tables,
+            self.n_users_global,
+            self.model.modalities,
+            cfg.model.embedding_dim,
+            self.ctx,
+            cfg.train.lr,
+            cfg.train.seed,
+            bounds=self.user_bounds,
+        )
+        self.table_optimizer = None  # the table object owns its optimizer
+
+    # ---- one step -------------------------------------------------------------------------
+    def _epoch_plan(self, epoch: int):
+        steps = max(1, math.ceil(int(self.manifest["dataset"]["n_train"]) / self.cfg.train.batch_size))
+        return PartitionEpochPlan(
+            self.train_users, self.train_items, self.negatives, steps, self.cfg.train.seed, epoch, self.ctx.rank
+        )
+
+    def _fetch_features(self, local_items: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+        raw = self.part.item_raw[local_items.numpy()]
+        inputs, fetched = {}, 0
+        for m, store in self.stores.items():
+            before = store.stats.bytes_read
+            inputs[m] = torch.from_numpy(store.fetch(raw)).to(self.device)
+            fetched += store.stats.bytes_read - before
+        return inputs, fetched
+
+    def _global_users(self, batch: MiniBatch) -> MiniBatch:
+        """The model looks table rows up by id: give it prepared (global) user ids."""
+        batch.input_users = self.user_global[batch.input_users]
+        batch.seed_users = self.user_global[batch.seed_users]
+        return batch
+
+    def _sampled_forward(self, users_t, pos_t, neg_t, times: EpochTimes):
+        batch = self._global_users(self.sampler.sample(users_t, pos_t, neg_t))
+        fetch_started = time.monotonic()
+        inputs, fetched_bytes = self._fetch_features(batch.input_items)
+        self._rows = self.tables.gather(batch.input_users.to(self.device))
+        batch = batch.to(self.device)
+        model_started = time.monotonic()
+        times.feature_fetch_s += model_started - fetch_started
+        out = self.step_model(batch, inputs, self._rows)
+        return out.pos_scores, out.neg_scores, out.views, fetched_bytes, model_started
+
+    def _zero_table_grads(self) -> None:
+        self.tables.zero_grad()
+
+    def _sync_table_grads(self) -> None:
+        self.tables.push_gradients(self._rows)
+
+    def _step_tables(self) -> None:
+        traffic = self.tables.step()
+        for name, value in traffic.as_dict().items():
+            if hasattr(self.table_traffic, name):
+                setattr(self.table_traffic, name, getattr(self.table_traffic, name) + value)
+        self._rows = None
+
+    # ---- evaluation and outputs -------------------------------------------------------------
+    def _own(self, inner: np.ndarray, global_ids: np.ndarray) -> np.ndarray:
+        """Local indices of this partition's own nodes, in prepared-id order."""
+        local = np.flatnonzero(inner)
+        return local[np.argsort(global_ids[local], kind="stable")]
+
+    @torch.no_grad()
+    def _represent(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        batch = self._global_users(
+            self.inference_sampler.sample_nodes(torch.from_numpy(users), torch.from_numpy(items))
+        )
+        rows = self.tables.gather(batch.input_users.to(self.device))
+        if not len(users) and not len(items):
+            return torch.zeros(0, 0)
+        inputs, _ = self._fetch_features(batch.input_items)
+        user_rep, item_rep = self.model.represent_batch(batch.to(self.device), inputs, rows)
+        return user_rep if len(users) else item_rep
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this partition's own users' representations in prepared-id order, every item's)."""
+        self.model.eval()
+        chunk = max(1, self.cfg.eval.user_batch_size // 4)
+        own_users = self._own(self.part.user_inner, self.part.user_global)
+        own_items = self._own(self.part.item_inner, self.part.item_global)
+        width = self.cfg.model.embedding_dim * len(self.model.modalities)
+        parts: dict[str, list[torch.Tensor]] = {"users": [], "items": []}
+        for kind, nodes in (("users", own_users), ("items", own_items)):
+            mine = math.ceil(len(nodes) / chunk)
+            counts = self.ctx.all_gather_rows(torch.tensor([[mine]], dtype=torch.int64))
+            for c in range(int(counts.max())):  # gathers are collectives: same count everywhere
+                piece = nodes[c * chunk : (c + 1) * chunk]
+                empty = np.zeros(0, dtype=np.int64)
+                users, items = (piece, empty) if kind == "users" else (empty, piece)
+                rep = self._represent(users, items)
+                if len(piece):
+                    parts[kind].append(rep.cpu())
+        self.model.train()
+        user_rep = torch.cat(parts["users"]) if parts["users"] else torch.zeros(0, width)
+        item_rep = torch.cat(parts["items"]) if parts["items"] else torch.zeros(0, width)
+        all_items = self.ctx.all_gather_rows(item_rep.contiguous())  # rank order = prepared order
+        return user_rep.to(self.device), all_items.to(self.device)
+
+    def item_degree_of(self, items: np.ndarray) -> np.ndarray:
+        return self.evaluator.popularity_counts[np.asarray(items, dtype=np.int64)].astype(np.int64)
+
+    def _report(self, metrics: dict, checkpoint: bool) -> None:
+        # table shards live on every rank: rank 0's checkpoint alone could not resume the run
+        super()._report(metrics, checkpoint=False)
+
+    def summary(self, totals: EpochTimes, wall_s: float) -> dict:
+        steps = max(totals.steps, 1)
+        traffic = self.table_traffic.as_dict()
+        traffic_rows = self.ctx.all_gather_rows(
+            torch.tensor([[float(v) for v in traffic.values()]], dtype=torch.float64)
+        )
+        summary = super().summary(totals, wall_s)
+        per_worker_fetch = []
+        for store in self.stores.values():
+            per_worker_fetch.append(store.stats.as_dict())
+        summary["partition"] = {
+            "rank": self.ctx.rank,
+            "graph_mb": round(self.part.nbytes() / 1e6, 2),
+            "user_table_rows": self._table_rows(),
+            "table_traffic_per_step_per_worker": {
+                name: [round(float(v) / steps, 1) for v in traffic_rows[:, i]]
+                for i, name in enumerate(traffic)
+            },
+            "feature_fetch": per_worker_fetch,
+        }
+        return summary
+
+    def _dataset_summary(self) -> dict:
+        return {
+            "name": self.manifest["dataset"]["name"],
+            "version": self.manifest["dataset"]["version"],
+            "root": redact_uri(self.cfg.data.root),
+            "prepared": self.manifest["version"],
+            "n_users": self.n_users_global,
+            "n_items": self.n_items_global,
+            "n_train": int(self.manifest["dataset"]["n_train"]),
+            "modalities": self.modality_dims,
+        }
+
+    def _cache_hit_ratio(self) -> float:
+        hits = sum(s.stats.cache_hits for s in self.stores.values())
+        served = sum(s.stats.rows_served for s in self.stores.values())
+        return hits / served if served else 1.0
+
+    def _table_rows(self) -> int:
+        tables = getattr(self.tables, "local", None) or getattr(self.tables, "tables", None)
+        return int(next(iter(tables.parameters())).shape[0]) if tables is not None else 0
+
+    def published_state(self) -> dict:
+        state = {"model": self.model.state_dict(), "club": self.club.state_dict()}
+        state.update(modalities=list(self.model.modalities), mode=self.mode_name, dense_optimizer={})
+        return state
+
+    def write_outputs(self, summary: dict) -> None:
+        """A collective: every rank writes its own users' embeddings, rank 0 the rest and
+        publishes (MANIFEST.json last, after every rank's files are in place)."""
+        cfg, ctx = self.cfg, self.ctx
+        publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+        publish_id = ctx.broadcast_object(publisher.new_publish_id(cfg.train.run_name) if ctx.is_main else None)
+        staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
+        if cfg.output.write_embeddings:
+            if self.best_state is not None:
+                self.model.load_state_dict(self.best_state["model"])
+            user_rep, item_rep = self.embeddings()
+            own_users = self._own(self.part.user_inner, self.part.user_global)
+            staged.write_embeddings("users", self.part.user_raw[own_users], user_rep, name_prefix=f"r{ctx.rank:04d}-")
+            if ctx.is_main:
+                item_raw = self._item_raw_ids()
+                staged.write_embeddings("items", item_raw, item_rep)
+        ctx.barrier()
+        if not ctx.is_main:
+            return
+        from sea_dist.train.warm_start import MODEL_FILE, published_model_bytes
+
+        staged.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
+        staged.write_text("report.html", render_report(summary, self.progress.history))
+        staged.write_summary(summary)
+        publisher.publish(
+            cfg.train.run_name,
+            publish_id,
+            self.manifest["dataset"]["version"],
+            config_fingerprint(summary["config"]),
+            keep_runs=cfg.output.keep_runs,
+        )
+
+    def _item_raw_ids(self) -> np.ndarray:
+        fs, path = make_filesystem(self.prepared.uri, self.cfg.data.s3_endpoint_url)
+        with fs.open(posixpath.join(path, "id_maps", "items.parquet"), "rb") as f:
+            return pq.read_table(f, columns=["raw_id"]).column("raw_id").to_numpy()

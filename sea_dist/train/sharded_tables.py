@@ -1,0 +1,489 @@
+"""Per-user tables sharded by owner, updated sparsely; and the replicated tables behind the same API.
+
+At catalog scale (tens of millions of users) no worker can hold every user's rows plus their
+two Adam moments, so rank ``r`` owns the contiguous global ids ``[bounds[r], bounds[r+1])``
+and stores only those rows and their ``SparseAdam`` state. One training step:
+
+1. :meth:`ShardedTables.gather` sends each requested id to its owner and gets the rows back
+   as fresh leaf tensors, wrapped in a :class:`GatheredRows` that the unchanged model code
+   uses in place of :class:`~sea_dist.model.sea.UserTables`;
+2. after ``loss.backward()``, :meth:`ShardedTables.push_gradients` sends every touched row's
+   gradient back to its owner, which sums the contributions of all ranks and divides by the
+   world size (the averaging DDP and the replicated path apply);
+3. :meth:`ShardedTables.step` runs ``SparseAdam`` on the local shard.
+
+Both exchanges use ``torch.distributed.all_to_all_single`` with per-rank split sizes: gloo
+implements it for CPU tensors (checked on torch 2.13) and NCCL for CUDA ones, and it moves
+exactly the requested rows — traffic grows with the rows a step touches, never with the table
+size. Split sizes are exchanged first with an equal-split ``all_to_all_single`` of
+``world_size`` ints. Under gloo, CUDA tensors are staged through host memory.
+
+Initial values come from :func:`init_rows`: fixed-size chunks of the global id space, each
+drawn by its own generator seeded with ``(seed, chunk index)``. A row's initial value
+therefore depends neither on the world size nor on the bounds, each rank draws only the chunks
+overlapping its range, and :func:`init_user_tables` gives a full replica the identical values,
+so sharded and replicated runs start from the same tables.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from sea_dist.model.sea import UserTables, _xavier_normal_std
+from sea_dist.train.distributed import WorkerContext
+from sea_dist.train.sparse_tables import sparse_embeddings, synchronize_sparse_gradients
+
+#: Rows per init chunk. Part of the init's definition: changing it changes the initial values.
+INIT_CHUNK_ROWS = 65_536
+_ID_BYTES = 8  # int64 row ids travel with gradients and requests
+
+
+# ---- deterministic, world-size-independent initialisation ---------------------------------
+def _chunk_generator(seed: int, chunk: int) -> torch.Generator:
+    # SeedSequence mixes (seed, chunk) so neighbouring chunks get unrelated streams
+    mixed = int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(mixed)
+
+
+@torch.no_grad()
+def init_rows(
+    preferences: Sequence[torch.Tensor],
+    modality_weights: torch.Tensor,
+    start: int,
+    n_users: int,
+    seed: int,
+    chunk_rows: int = INIT_CHUNK_ROWS,
+) -> None:
+    """Fill storage for global rows ``[start, start + len)`` with their reference-style init.
+
+    Same distributions as ``UserTables.reset_parameters`` (xavier-normal preferences, softmax
+    of xavier-normal modality weights, fans from the *global* ``n_users``), drawn per chunk, so
+    any range gets the values a full table has in that range.
+    """
+    stop = start + modality_weights.shape[0]
+    n_mod = modality_weights.shape[1]
+    pref_std = [_xavier_normal_std(p.shape[1], n_users) for p in preferences]
+    weight_std = _xavier_normal_std(n_mod, n_users)
+    for chunk in range(start // chunk_rows, -(-stop // chunk_rows)):
+        c0, c1 = chunk * chunk_rows, min((chunk + 1) * chunk_rows, n_users)
+        lo, hi = max(start, c0), min(stop, c1)
+        g = _chunk_generator(seed, chunk)
+        for table, std in zip(preferences, pref_std):
+            values = torch.empty(c1 - c0, table.shape[1]).normal_(0.0, std, generator=g)
+            table[lo - start : hi - start] = values[lo - c0 : hi - c0]
+        noise = torch.empty(c1 - c0, n_mod).normal_(0.0, weight_std, generator=g)
+        modality_weights[lo - start : hi - start] = torch.softmax(noise[lo - c0 : hi - c0], dim=1)
+
+
+def init_user_tables(tables: UserTables, seed: int, chunk_rows: int = INIT_CHUNK_ROWS) -> UserTables:
+    """Give a full ``UserTables`` the per-chunk init, identical to every sharded layout's."""
+    prefs = [tables.preferences[m].weight.data for m in tables.modalities]
+    init_rows(prefs, tables.modality_weights.weight.data, 0, tables.n_users, seed, chunk_rows)
+    return tables
+
+
+# ---- ownership ----------------------------------------------------------------------------
+def even_bounds(n_users: int, world_size: int) -> list[int]:
+    """Contiguous ranges of near-equal size: ``bounds[r]`` is rank ``r``'s first id."""
+    return [n_users * r // world_size for r in range(world_size + 1)]
+
+
+def owner_of(ids: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Rank owning each id (``bounds[r] <= id < bounds[r+1]``); empty ranges own nothing."""
+    return torch.searchsorted(bounds, ids, right=True) - 1
+
+
+# ---- traffic ------------------------------------------------------------------------------
+class TrafficStats:
+    """What this rank exchanged with *other* ranks in one step (own rows never leave it).
+
+    ``lookup_rows_*``: table rows served to / fetched from other ranks by ``gather``.
+    ``grad_rows_*``: gradient rows, summed over tables, sent to / received from other ranks; the
+    replicated path all-gathers, so each of its own rows counts once per peer.
+    ``bytes_*``: payload bytes (request ids, rows, gradient ids and values); the split-size
+    messages (``world_size`` ints per collective) and the all-gather padding are left out.
+    """
+
+    FIELDS = ("lookup_rows_sent", "lookup_rows_received", "grad_rows_sent", "grad_rows_received",
+              "bytes_sent", "bytes_received")
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+    @property
+    def rows_sent(self) -> int:
+        return self.lookup_rows_sent + self.grad_rows_sent
+
+    @property
+    def rows_received(self) -> int:
+        return self.lookup_rows_received + self.grad_rows_received
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __repr__(self) -> str:
+        return f"TrafficStats({self.as_dict()})"
+
+
+# ---- the rows a step works on -------------------------------------------------------------
+class RowLookup:
+    """Stands in for one ``nn.Embedding`` over the gathered ids: ``lookup(ids)`` returns rows
+    of the leaf tensor, and records which rows it served — those, like a sparse embedding's
+    gradient, are the rows whose gradient goes back to the owner (even when it is zero)."""
+
+    def __init__(self, ids: torch.Tensor, leaf: torch.Tensor):
+        self.ids, self.leaf = ids, leaf
+        self.touched = torch.zeros(ids.numel(), dtype=torch.bool, device=ids.device)
+        self._sorted: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, query: torch.Tensor) -> torch.Tensor:
+        query = query.to(device=self.ids.device, dtype=torch.int64).reshape(-1)
+        n = query.numel()
+        if n <= self.ids.numel() and torch.equal(query, self.ids[:n]):  # the model's case
+            self.touched[:n] = True
+            return self.leaf[:n]
+        if self.ids.numel() == 0:
+            raise KeyError("lookup of ids that were not gathered")
+        if self._sorted is None:
+            self._sorted = torch.sort(self.ids)
+        values, index = self._sorted
+        pos = torch.searchsorted(values, query).clamp_(max=values.numel() - 1)
+        if not torch.equal(values[pos], query):
+            raise KeyError("lookup of ids that were not gathered")
+        self.touched[index[pos]] = True
+        return self.leaf[index[pos]]
+
+
+class GatheredRows:
+    """The rows of ``ids`` for one step, usable where the model expects ``UserTables``:
+    ``rows.modality_weights(ids)``, ``rows.preferences[m](ids)`` and ``rows.modalities``.
+    Lookups take ``ids`` or any subset (a prefix is a view). No ``.weight``: the full-graph
+    forward needs every row and is not served by sharded tables."""
+
+    def __init__(self, ids: torch.Tensor, modalities: list[str], leaves: list[torch.Tensor]):
+        self.ids = ids
+        self.modalities = list(modalities)
+        self.preferences = {m: RowLookup(ids, leaf) for m, leaf in zip(modalities, leaves)}
+        self.modality_weights = RowLookup(ids, leaves[-1])
+
+    def lookups(self) -> list[RowLookup]:
+        """In table order: one per modality, then the modality weights."""
+        return [self.preferences[m] for m in self.modalities] + [self.modality_weights]
+
+
+class UserTableStore(Protocol):
+    """What the trainer needs from its per-user tables, sharded or replicated."""
+
+    traffic: TrafficStats
+
+    def gather(self, ids: torch.Tensor) -> GatheredRows | UserTables: ...
+    def push_gradients(self, rows: GatheredRows | UserTables) -> None: ...
+    def step(self) -> TrafficStats: ...
+    def zero_grad(self) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def gather_full(self) -> dict[str, torch.Tensor] | None: ...
+
+
+# ---- owner-sharded tables -----------------------------------------------------------------
+class _Shard(nn.Module):
+    """Local rows under UserTables' parameter names, so state dicts line up; allocated without
+    drawing from the global RNG (the caller initialises them)."""
+
+    def __init__(self, n_rows: int, modalities: list[str], dim: int, device: torch.device):
+        super().__init__()
+
+        def table(width: int) -> nn.Embedding:
+            weight = torch.empty(n_rows, width, device=device)
+            return nn.Embedding(n_rows, width, sparse=True, _weight=weight)
+
+        self.preferences = nn.ModuleDict({m: table(dim) for m in modalities})
+        self.modality_weights = table(len(modalities))
+
+
+class ShardedTables:
+    """This rank's rows ``[bounds[rank], bounds[rank+1])`` of the user tables, and their optimizer.
+
+    ``gather``, ``push_gradients`` and ``gather_full`` are collectives: every rank calls them
+    in the same order (a rank with no ids passes an empty tensor). Tables and the returned leaf
+    rows live on ``ctx.device``.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        modalities: list[str],
+        dim: int,
+        bounds: Sequence[int] | torch.Tensor,
+        ctx: WorkerContext,
+        lr: float,
+        seed: int,
+        init_chunk_rows: int = INIT_CHUNK_ROWS,
+    ):
+        bounds_list = [int(b) for b in bounds]
+        if (len(bounds_list) != ctx.world_size + 1 or bounds_list[0] != 0 or bounds_list[-1] != n_users
+                or any(a > b for a, b in zip(bounds_list, bounds_list[1:]))):
+            raise ValueError(f"bounds {bounds_list} do not split {n_users} users over {ctx.world_size} ranks")
+        self.n_users, self.modalities, self.dim, self.ctx = n_users, list(modalities), dim, ctx
+        self.device = ctx.device
+        self.bounds = torch.tensor(bounds_list, dtype=torch.int64, device=self.device)
+        self.bounds_list = bounds_list
+        self.lo, self.hi = bounds_list[ctx.rank], bounds_list[ctx.rank + 1]
+        self.local = _Shard(self.hi - self.lo, self.modalities, dim, self.device)
+        init_rows([t.weight.data for t in self._tables()[:-1]], self.local.modality_weights.weight.data,
+                  self.lo, n_users, seed, init_chunk_rows)
+        self.optimizer = torch.optim.SparseAdam(list(self.local.parameters()), lr=lr)
+        self.widths = [dim] * len(self.modalities) + [len(self.modalities)]
+        self.traffic = TrafficStats()
+
+    def _tables(self) -> list[nn.Embedding]:
+        return [self.local.preferences[m] for m in self.modalities] + [self.local.modality_weights]
+
+    # -- communication
+    def _comm_device(self) -> torch.device:
+        return torch.device("cpu") if dist.get_backend() == "gloo" else self.device
+
+    def _exchange_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """``counts[d]`` (any trailing shape) goes to rank ``d``; returns what each rank sent here."""
+        if self.ctx.world_size == 1:
+            return counts.cpu()
+        send = counts.to(self._comm_device()).contiguous()
+        received = torch.empty_like(send)
+        dist.all_to_all_single(received, send)
+        return received.cpu()
+
+    def _all_to_all(
+        self, tensor: torch.Tensor, send: list[int], recv: list[int], count: bool = True
+    ) -> torch.Tensor:
+        """Rows ``[sum(send[:d]), sum(send[:d+1]))`` go to rank ``d``; received rows come in
+        source-rank order. Counts off-rank bytes into ``self.traffic``."""
+        if self.ctx.world_size == 1:
+            return tensor
+        row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
+        if count:
+            me = self.ctx.rank
+            self.traffic.bytes_sent += (sum(send) - send[me]) * row_bytes
+            self.traffic.bytes_received += (sum(recv) - recv[me]) * row_bytes
+        comm = self._comm_device()
+        out = torch.empty((sum(recv),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=comm)
+        dist.all_to_all_single(out, tensor.to(comm).contiguous(), recv, send)
+        return out.to(self.device)
+
+    # -- one step
+    def gather(self, ids: torch.Tensor) -> GatheredRows:
+        """Fetch the rows of ``ids`` (unique global ids, e.g. ``batch.input_users``) from their
+        owners; returns them in request order as leaves that collect this step's gradient."""
+        ids = ids.to(device=self.device, dtype=torch.int64).reshape(-1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.n_users):
+            raise IndexError(f"user ids outside [0, {self.n_users})")
+        owners = owner_of(ids, self.bounds)
+        order = torch.argsort(owners, stable=True)
+        send = torch.bincount(owners, minlength=self.ctx.world_size)
+        recv = self._exchange_counts(send).tolist()
+        send = send.tolist()
+        me = self.ctx.rank
+        self.traffic.lookup_rows_received += sum(send) - send[me]
+        self.traffic.lookup_rows_sent += sum(recv) - recv[me]
+        wanted = self._all_to_all(ids[order], send, recv) - self.lo
+        with torch.no_grad():
+            payload = torch.cat([t.weight[wanted] for t in self._tables()], dim=1)
+        replies = self._all_to_all(payload, recv, send)
+        rows = torch.empty_like(replies)
+        rows[order] = replies
+        leaves = [part.clone().requires_grad_() for part in rows.split(self.widths, dim=1)]
+        return GatheredRows(ids, self.modalities, leaves)
+
+    def push_gradients(self, rows: GatheredRows) -> None:
+        """Send each touched row's gradient to its owner; the owner stores the world average
+        (sum over ranks / world size) as the sparse gradient of its shard. Every local table
+        gets a gradient, empty if nobody touched it, so SparseAdam's per-table step count
+        advances exactly as on a replica."""
+        world, me = self.ctx.world_size, self.ctx.rank
+        per_table = []  # (ids sorted by owner, grads in that order, offsets per owner)
+        counts = torch.zeros(world, len(self.widths), dtype=torch.int64)
+        for t, (lookup, width) in enumerate(zip(rows.lookups(), self.widths)):
+            grad = lookup.leaf.grad
+            pos = lookup.touched.nonzero().squeeze(1) if grad is not None else rows.ids[:0]
+            ids = rows.ids[pos]
+            owners = owner_of(ids, self.bounds)
+            order = torch.argsort(owners, stable=True)
+            counts[:, t] = torch.bincount(owners, minlength=world).cpu()
+            values = grad[pos[order]] if grad is not None else lookup.leaf.new_zeros((0, width))
+            per_table.append((ids[order], values.detach()))
+        recv_counts = self._exchange_counts(counts)
+        sent_rows, recv_rows = counts.sum(1).tolist(), recv_counts.sum(1).tolist()
+        self.traffic.grad_rows_sent += sum(sent_rows) - sent_rows[me]
+        self.traffic.grad_rows_received += sum(recv_rows) - recv_rows[me]
+
+        # pack (destination, table)-major: ids in one buffer, flattened values in another
+        offsets = torch.cat([torch.zeros(1, len(self.widths), dtype=torch.int64), counts.cumsum(0)]).tolist()
+        id_parts, value_parts = [], []
+        for d in range(world):
+            for t, (ids, values) in enumerate(per_table):
+                id_parts.append(ids[offsets[d][t] : offsets[d + 1][t]])
+                value_parts.append(values[offsets[d][t] : offsets[d + 1][t]].reshape(-1))
+        widths = torch.tensor(self.widths)
+        got_ids = self._all_to_all(torch.cat(id_parts), sent_rows, recv_rows)
+        got_values = self._all_to_all(
+            torch.cat(value_parts), (counts * widths).sum(1).tolist(), (recv_counts * widths).sum(1).tolist()
+        )
+
+        # unpack per (source, table), then one coalesced sparse gradient per local table
+        ids_by_table: list[list[torch.Tensor]] = [[] for _ in self.widths]
+        values_by_table: list[list[torch.Tensor]] = [[] for _ in self.widths]
+        id_at = value_at = 0
+        for s in range(world):
+            for t, width in enumerate(self.widths):
+                n = int(recv_counts[s, t])
+                ids_by_table[t].append(got_ids[id_at : id_at + n])
+                values_by_table[t].append(got_values[value_at : value_at + n * width].view(n, width))
+                id_at, value_at = id_at + n, value_at + n * width
+        for table, ids, values in zip(self._tables(), ids_by_table, values_by_table):
+            grad = torch.sparse_coo_tensor(  # ids were routed here by owner_of: in range
+                (torch.cat(ids) - self.lo).unsqueeze(0), torch.cat(values) / world, table.weight.shape,
+                check_invariants=False,
+            )
+            table.weight.grad = (grad if table.weight.grad is None else table.weight.grad + grad).coalesce()
+
+    def step(self) -> TrafficStats:
+        """Apply SparseAdam to the local shard; returns this step's traffic and starts a new count."""
+        self.optimizer.step()
+        done, self.traffic = self.traffic, TrafficStats()
+        return done
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- checkpoints and export
+    def state_dict(self) -> dict:
+        """This rank's shard only: rows, SparseAdam state and the bounds it was cut with."""
+        return {
+            "bounds": self.bounds_list,
+            "tables": self.local.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["bounds"]) != self.bounds_list:
+            raise ValueError(
+                f"checkpoint shard bounds {state['bounds']} differ from {self.bounds_list}: resharding "
+                "needs gather_full() and load_full_tables() (small tables only)"
+            )
+        self.local.load_state_dict(state["tables"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def load_full_tables(self, full: dict[str, torch.Tensor]) -> None:
+        """Take this rank's rows from a full ``UserTables`` state dict (warm start, resharding;
+        the full dict is in every rank's memory, so small tables only). Optimizer state is kept."""
+        self.local.load_state_dict({k: v[self.lo : self.hi] for k, v in full.items()})
+
+    def gather_full(self) -> dict[str, torch.Tensor] | None:
+        """Collective: the full ``UserTables`` state dict on rank 0 (CPU), ``None`` elsewhere.
+
+        For tests, small graphs and small exports: rank 0 holds the whole table. Large exports
+        should write each rank's ``state_dict()['tables']`` rows to its own file instead.
+        """
+        with torch.no_grad():
+            payload = torch.cat([t.weight for t in self._tables()], dim=1)
+        world = self.ctx.world_size
+        send = [self.hi - self.lo if d == 0 else 0 for d in range(world)]
+        shard_sizes = [b - a for a, b in zip(self.bounds_list, self.bounds_list[1:])]
+        recv = shard_sizes if self.ctx.rank == 0 else [0] * world
+        full = self._all_to_all(payload, send, recv, count=False)
+        # senders may return before rank 0 has read everything; export is often the last
+        # collective, and a peer exiting mid-receive aborts gloo
+        self.ctx.barrier()
+        if self.ctx.rank != 0:
+            return None
+        parts = full.cpu().split(self.widths, dim=1)
+        state = {f"preferences.{m}.weight": p.clone() for m, p in zip(self.modalities, parts)}
+        state["modality_weights.weight"] = parts[-1].clone()
+        return state
+
+
+# ---- replicated tables, same interface ----------------------------------------------------
+class ReplicatedTables:
+    """A full ``UserTables`` replica per rank, kept identical by all-gathering sparse gradients
+    (:func:`~sea_dist.train.sparse_tables.synchronize_sparse_gradients`). ``gather`` returns the
+    replica itself, so the step is exactly today's replicated path."""
+
+    def __init__(
+        self,
+        n_users: int,
+        modalities: list[str],
+        dim: int,
+        ctx: WorkerContext,
+        lr: float,
+        seed: int,
+        init_chunk_rows: int = INIT_CHUNK_ROWS,
+    ):
+        self.ctx = ctx
+        with torch.random.fork_rng(devices=[]):  # UserTables' own init must not move the global RNG
+            self.tables = UserTables(n_users, list(modalities), dim, sparse=True)
+        init_user_tables(self.tables, seed, init_chunk_rows).to(ctx.device)
+        self.optimizer = torch.optim.SparseAdam(list(self.tables.parameters()), lr=lr)
+        self.traffic = TrafficStats()
+
+    def gather(self, ids: torch.Tensor) -> UserTables:
+        return self.tables
+
+    def push_gradients(self, rows: GatheredRows | UserTables | None = None) -> None:
+        peers = self.ctx.world_size - 1
+        for embedding in sparse_embeddings(self.tables):
+            grad = embedding.weight.grad
+            own = 0 if grad is None else grad.coalesce()._nnz()
+            total = synchronize_sparse_gradients(embedding, self.ctx)
+            row_bytes = _ID_BYTES + embedding.weight.shape[1] * embedding.weight.element_size()
+            self.traffic.grad_rows_sent += own * peers
+            self.traffic.grad_rows_received += total - own
+            self.traffic.bytes_sent += own * peers * row_bytes
+            self.traffic.bytes_received += (total - own) * row_bytes
+
+    def step(self) -> TrafficStats:
+        self.optimizer.step()
+        done, self.traffic = self.traffic, TrafficStats()
+        return done
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"tables": self.tables.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tables.load_state_dict(state["tables"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def load_full_tables(self, full: dict[str, torch.Tensor]) -> None:
+        self.tables.load_state_dict(full)
+
+    def gather_full(self) -> dict[str, torch.Tensor] | None:
+        """Same contract as the sharded one: the full state dict on rank 0, ``None`` elsewhere."""
+        if self.ctx.rank != 0:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in self.tables.state_dict().items()}
+
+
+def build_user_tables(
+    kind: str,
+    n_users: int,
+    modalities: list[str],
+    dim: int,
+    ctx: WorkerContext,
+    lr: float,
+    seed: int,
+    bounds: Sequence[int] | None = None,
+) -> ShardedTables | ReplicatedTables:
+    """``train.user_tables``: ``"sharded"`` (``bounds`` default: :func:`even_bounds`) or ``"replicated"``."""
+    if kind == "sharded":
+        bounds = even_bounds(n_users, ctx.world_size) if bounds is None else bounds
+        return ShardedTables(n_users, modalities, dim, bounds, ctx, lr, seed)
+    if kind == "replicated":
+        return ReplicatedTables(n_users, modalities, dim, ctx, lr, seed)
+    raise ValueError(f"user_tables must be 'sharded' or 'replicated', not {kind!r}")
