@@ -6,19 +6,25 @@ What a partition holds, and why (the *halo*)
 ``P`` partitions and renumbers them so that each partition's own ("inner") nodes form one
 contiguous id range per node type; these renumbered ids are the *prepared ids* every later
 stage uses (id maps translate them back to raw ids). It is given the heterograph of
-``item -> user`` interaction edges plus the ``item -> item`` kNN edges, and ``num_hops=1``, so
-partition ``p`` stores every edge whose destination is one of its nodes, plus the sources of
-those edges as *halo* nodes:
+``item -> user`` interaction edges plus the ``item -> item`` kNN edges, and ``num_hops=1``. DGL
+then stores in partition ``p`` every interaction edge with *either* end among its own nodes
+(measured: its halo follows the edges both ways), plus the other ends as *halo* nodes:
 
-* an inner user has **all** its training interactions (their items are inner or halo);
-* an item's users are only the partition's users (the interaction edges are stored once, with
-  the user's partition). The sampler draws an item's user neighbours from those and rescales
-  by the item's **full** degree, so each hop stays an unbiased estimate of the full-graph sum,
-  but from the partition's users only: the one approximation of partition-local training
-  (with METIS most of an item's users share its partition; docs/scaling.md).
+* an inner user has **all** its training interactions, an inner item **all** its users;
+* a halo item (another partition's item that an inner user interacted with) has only the
+  users it shares with this partition. The sampler draws its user neighbours from those and
+  rescales by the item's **full** degree, so the hop stays an unbiased estimate of the
+  full-graph sum, but from this partition's users only: the one approximation of
+  partition-local training (METIS keeps most of a user's items in its partition;
+  docs/scaling.md measures how many edges that leaves out).
 
-DGL keeps edge data only for inner edges and its halo carries in-edges of inner nodes only, but
-SEA's item-item hop needs the kNN rows of *every* item a batch touches (a batch's positive
+An edge is stored in the partitions of both its ends, so a partition holds about
+``1 - (1 - 1/P)^2`` of the edges under random partitioning (3/4 at P=2, ~2/P for large P)
+and fewer under METIS. Training triples are the edges into inner users: each edge is trained
+exactly once per epoch across the workers.
+
+DGL keeps edge data only for inner edges and a halo item's kNN rows are not in the partition,
+but SEA's item-item hop needs the kNN rows of *every* item a batch touches (a batch's positive
 items are often halo items). So the prepare job also writes one small side file per partition
 (``local.npz``): for each local item and user its prepared id, raw id, full training degree and
 whether it is inner, and the weighted kNN in-edges of every local item (neighbours that are not
@@ -27,12 +33,14 @@ on a worker grows with the whole graph.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -113,9 +121,11 @@ def write_partitions(
     )
     log.info("partition: %d-way %s partitioning of %d users, %d items, %d interactions",
              num_parts, method, n_users, n_items, len(ui_users))
-    node_map, _ = dgl.distributed.partition_graph(
-        g, GRAPH_NAME, num_parts, out_dir, part_method=method, num_hops=1, return_mapping=True
-    )
+    # DGL prints its progress to stdout, where our jobs write their results: move it to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        node_map, _ = dgl.distributed.partition_graph(
+            g, GRAPH_NAME, num_parts, out_dir, part_method=method, num_hops=1, return_mapping=True
+        )
     del g
     user_new_to_old = node_map["user"].numpy().astype(np.int64)
     item_new_to_old = node_map["item"].numpy().astype(np.int64)
@@ -233,7 +243,7 @@ def _load_dgl_partition(config_path: str, part: int):
 
 @dataclass
 class LocalPartition:
-    """One worker's view of the training graph, in *local* ids.
+    """One worker's view of the training graph, in *local* ids (halo: see the module docstring).
 
     Local items ``0..n_items-1`` (DGL's local items first, then kNN-only extras), local users
     ``0..n_users-1``; ``*_global`` give their prepared ids, ``item_raw`` the raw ids that key
@@ -257,6 +267,7 @@ class LocalPartition:
     knn_src: np.ndarray
     knn_w: np.ndarray
     n_dgl_items: int  # items 0..n_dgl_items-1 are DGL's (they have kNN rows); the rest extras
+    loaded_bytes: int = 0  # bytes copied from storage to load it
 
     @property
     def n_users(self) -> int:
@@ -287,6 +298,9 @@ def load_local_partition(fs, prepared_path: str, part: int, scratch: str | None 
             if not fs.exists(source):
                 continue  # DGL omits empty feature files
             fs.get(source, os.path.join(directory, name))
+        loaded = sum(
+            os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory) for f in files
+        )
         lg, gpb, ntypes, etypes = _load_dgl_partition(os.path.join(directory, f"{GRAPH_NAME}.json"), part)
         with open(os.path.join(directory, f"part{part}", SIDE_FILE), "rb") as f:
             side = dict(np.load(io.BytesIO(f.read())))
@@ -321,4 +335,5 @@ def load_local_partition(fs, prepared_path: str, part: int, scratch: str | None 
         knn_src=side["knn_src"],
         knn_w=side["knn_w"],
         n_dgl_items=int(side["item_in_dgl"][0]),
+        loaded_bytes=loaded,
     )

@@ -357,7 +357,14 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
         else:
             # A cluster we start ourselves is one machine: keep it on loopback. Ray swaps
             # 127.0.0.1 for the machine's routable address; any other loopback address is kept.
+            # Asked for more worker CPUs than the machine has, it oversubscribes (with a
+            # warning) rather than waiting forever for resources that cannot appear.
+            wanted = cfg.train.num_workers * cfg.train.cpus_per_worker
+            cores = os.cpu_count() or 1
+            if wanted > cores:
+                log.warning("local Ray: %d worker CPUs requested on %d cores; oversubscribing", wanted, cores)
             ray.init(
+                num_cpus=max(wanted, cores),
                 _node_ip_address=LOCAL_NODE_IP,
                 _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},

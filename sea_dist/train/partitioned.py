@@ -285,18 +285,35 @@ class PartitionedTrainer(Trainer):
             torch.tensor([[float(v) for v in traffic.values()]], dtype=torch.float64)
         )
         summary = super().summary(totals, wall_s)
-        per_worker_fetch = []
-        for store in self.stores.values():
-            per_worker_fetch.append(store.stats.as_dict())
+        fetch = [s.stats for s in self.stores.values()]
+        mine = [
+            self.part.nbytes() / 1e6,
+            float(self._table_rows()),
+            self._table_bytes() / 1e6,
+            float(self.part.loaded_bytes),
+            float(sum(f.bytes_read for f in fetch)),
+            float(sum(f.seconds for f in fetch)),
+            float(sum(f.rows_served for f in fetch)),
+            float(sum(f.cache_hits for f in fetch)),
+        ]
+        per_worker = self.ctx.all_gather_rows(torch.tensor([mine], dtype=torch.float64))
+        column = lambda i: [round(float(v), 3) for v in per_worker[:, i]]  # noqa: E731
+        epochs = max(self.epochs_trained_here, 1)
         summary["partition"] = {
-            "rank": self.ctx.rank,
-            "graph_mb": round(self.part.nbytes() / 1e6, 2),
-            "user_table_rows": self._table_rows(),
+            "user_tables": self.cfg.train.user_tables,
+            "graph_mb_per_worker": column(0),
+            "user_table_rows_per_worker": [int(v) for v in per_worker[:, 1]],
+            "user_table_mb_per_worker": column(2),
+            "partition_bytes_read_per_worker": [int(v) for v in per_worker[:, 3]],
+            "feature_bytes_read_per_epoch_per_worker": [round(float(v) / epochs) for v in per_worker[:, 4]],
+            "feature_fetch_s_per_worker": column(5),
+            "feature_cache_hit_ratio_per_worker": [
+                round(float(h) / float(n), 4) if n else 1.0 for h, n in zip(per_worker[:, 7], per_worker[:, 6])
+            ],
             "table_traffic_per_step_per_worker": {
                 name: [round(float(v) / steps, 1) for v in traffic_rows[:, i]]
                 for i, name in enumerate(traffic)
             },
-            "feature_fetch": per_worker_fetch,
         }
         return summary
 
@@ -317,9 +334,15 @@ class PartitionedTrainer(Trainer):
         served = sum(s.stats.rows_served for s in self.stores.values())
         return hits / served if served else 1.0
 
+    def _table_module(self) -> torch.nn.Module:
+        return getattr(self.tables, "local", None) or self.tables.tables
+
     def _table_rows(self) -> int:
-        tables = getattr(self.tables, "local", None) or getattr(self.tables, "tables", None)
-        return int(next(iter(tables.parameters())).shape[0]) if tables is not None else 0
+        return int(next(iter(self._table_module().parameters())).shape[0])
+
+    def _table_bytes(self) -> int:
+        """Parameters plus SparseAdam's two moments per parameter."""
+        return 3 * sum(p.numel() * p.element_size() for p in self._table_module().parameters())
 
     def published_state(self) -> dict:
         state = {"model": self.model.state_dict(), "club": self.club.state_dict()}

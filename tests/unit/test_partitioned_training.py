@@ -106,8 +106,10 @@ def test_sharded_and_replicated_tables_train_the_same_model(prepared, tmp_path):
     assert all(r["table_rows"] == n_users for r in replicated)
     # every worker holds less than the whole graph's users in its partition
     assert all(r["graph_users"] < n_users for r in sharded) or n_users < 1000
-    traffic = sharded[0]["summary"]["partition"]["table_traffic_per_step_per_worker"]
-    assert all(v > 0 for v in traffic["grad_rows_sent"])
+    part = sharded[0]["summary"]["partition"]
+    assert part["user_table_rows_per_worker"] == [r["own_users"] for r in sharded]
+    assert all(v > 0 for v in part["table_traffic_per_step_per_worker"]["grad_rows_sent"])
+    assert all(v > 0 for v in part["partition_bytes_read_per_worker"])
 
 
 def test_partitioned_run_evaluates_and_exports_every_user(prepared, tmp_path):
@@ -124,5 +126,6 @@ def test_partitioned_run_evaluates_and_exports_every_user(prepared, tmp_path):
     items = pq.read_table(run_dir / "embeddings" / "items").column("item_id").to_numpy()
     assert len(users) == len(np.unique(users)) == prep.manifest["dataset"]["n_users"]
     assert len(items) == prep.manifest["dataset"]["n_items"]
-    fetch = summary["partition"]["feature_fetch"]
-    assert fetch[0]["rows_served"] > 0 and fetch[0]["bytes_read"] > 0
+    part = summary["partition"]
+    assert all(v > 0 for v in part["feature_bytes_read_per_epoch_per_worker"])
+    assert all(0.0 < v <= 1.0 for v in part["feature_cache_hit_ratio_per_worker"])
