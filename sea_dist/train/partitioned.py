@@ -247,15 +247,21 @@ class PartitionedTrainer(Trainer):
         return user_rep if len(users) else item_rep
 
     @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this partition's own users' representations in prepared-id order, every item's)."""
+    def embeddings(self, own_user_index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(own users' representations, every item's in prepared-id order).
+
+        Users: all this partition's own users in prepared-id order, or only those at
+        ``own_user_index`` (indices into that order; the other rows stay zero) — evaluation
+        needs only the users it ranks, which ``eval.max_users`` keeps few at catalog size.
+        """
         self.model.eval()
         chunk = max(1, self.cfg.eval.user_batch_size // 4)
         own_users = self._own(self.part.user_inner, self.part.user_global)
+        wanted = own_users if own_user_index is None else own_users[own_user_index]
         own_items = self._own(self.part.item_inner, self.part.item_global)
         width = self.cfg.model.embedding_dim * len(self.model.modalities)
         parts: dict[str, list[torch.Tensor]] = {"users": [], "items": []}
-        for kind, nodes in (("users", own_users), ("items", own_items)):
+        for kind, nodes in (("users", wanted), ("items", own_items)):
             mine = math.ceil(len(nodes) / chunk)
             counts = self.ctx.all_gather_rows(torch.tensor([[mine]], dtype=torch.int64))
             for c in range(int(counts.max())):  # gathers are collectives: same count everywhere
@@ -266,10 +272,23 @@ class PartitionedTrainer(Trainer):
                 if len(piece):
                     parts[kind].append(rep.cpu())
         self.model.train()
-        user_rep = torch.cat(parts["users"]) if parts["users"] else torch.zeros(0, width)
+        reps = torch.cat(parts["users"]) if parts["users"] else torch.zeros(0, width)
+        if own_user_index is None:
+            user_rep = reps
+        else:
+            user_rep = torch.zeros(len(own_users), width)
+            user_rep[torch.from_numpy(np.asarray(own_user_index, dtype=np.int64))] = reps
         item_rep = torch.cat(parts["items"]) if parts["items"] else torch.zeros(0, width)
         all_items = self.ctx.all_gather_rows(item_rep.contiguous())  # rank order = prepared order
         return user_rep.to(self.device), all_items.to(self.device)
+
+    def validate(self) -> tuple[dict, dict, float]:
+        started = time.monotonic()
+        ranked = np.union1d(self.evaluator.splits["valid"].users, self.evaluator.splits["test"].users)
+        user_rep, item_rep = self.embeddings(ranked)
+        valid = self.evaluator.evaluate(user_rep, item_rep, "valid")
+        test = self.evaluator.evaluate(user_rep, item_rep, "test")
+        return valid, test, time.monotonic() - started
 
     def item_degree_of(self, items: np.ndarray) -> np.ndarray:
         return self.evaluator.popularity_counts[np.asarray(items, dtype=np.int64)].astype(np.int64)
