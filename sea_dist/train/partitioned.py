@@ -130,6 +130,7 @@ class PartitionedTrainer(Trainer):
         )
         self.user_global = torch.from_numpy(lp.user_global)
         self.table_traffic = TrafficStats()
+        self.block_sizes = np.zeros(4, dtype=np.int64)  # steps, input users, input items, block edges
         self.evaluator = self._partition_evaluator(fs, path)
 
     def _partition_evaluator(self, fs, path: str) -> Evaluator:
@@ -206,6 +207,7 @@ class PartitionedTrainer(Trainer):
 
     def _sampled_forward(self, users_t, pos_t, neg_t, times: EpochTimes):
         batch = self._global_users(self.sampler.sample(users_t, pos_t, neg_t))
+        self.block_sizes += np.array([1, batch.input_users.numel(), batch.input_items.numel(), batch.num_edges])
         fetch_started = time.monotonic()
         inputs, fetched_bytes = self._fetch_features(batch.input_items)
         self._rows = self.tables.gather(batch.input_users.to(self.device))
@@ -314,6 +316,7 @@ class PartitionedTrainer(Trainer):
             float(sum(f.seconds for f in fetch)),
             float(sum(f.rows_served for f in fetch)),
             float(sum(f.cache_hits for f in fetch)),
+            *(self.block_sizes[1:] / max(int(self.block_sizes[0]), 1)).tolist(),
         ]
         per_worker = self.ctx.all_gather_rows(torch.tensor([mine], dtype=torch.float64))
         column = lambda i: [round(float(v), 3) for v in per_worker[:, i]]  # noqa: E731
@@ -329,6 +332,9 @@ class PartitionedTrainer(Trainer):
             "feature_cache_hit_ratio_per_worker": [
                 round(float(h) / float(n), 4) if n else 1.0 for h, n in zip(per_worker[:, 7], per_worker[:, 6])
             ],
+            "mean_input_users_per_step_per_worker": column(8),
+            "mean_input_items_per_step_per_worker": column(9),
+            "mean_block_edges_per_step_per_worker": column(10),
             "table_traffic_per_step_per_worker": {
                 name: [round(float(v) / steps, 1) for v in traffic_rows[:, i]]
                 for i, name in enumerate(traffic)
