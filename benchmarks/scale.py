@@ -47,8 +47,9 @@ TRAIN_DEFAULTS = {
     "graph.knn_fanout": 5,
     "model.embedding_dim": 32,
     "model.club_inner_steps": 5,
+    "model.align_max_items": 4096,
     "eval.max_users": 20000,
-    "eval.inference_fanouts": "[10,10]",
+    "eval.inference_fanouts": "[5,5]",
     "output.write_embeddings": "false",
 }
 
@@ -170,6 +171,8 @@ def train_record(tier: dict, parts: int, result: dict) -> dict:
         "wall_s": result["wall_s"],
         "train_s_per_epoch": round(t["train_s_per_epoch"], 1),
         "train_edges_per_s_per_worker": round(t["train_edges_per_s_per_worker"], 1),
+        # a capped run's full epoch: every worker's share of the train edges at its measured rate
+        "projected_full_epoch_s": round(s["dataset"]["n_train"] / parts / max(t["train_edges_per_s_per_worker"], 1e-9), 1),
         "sampling_s_per_epoch": round(t["sampling_s_per_epoch"], 1),
         "feature_fetch_s_per_epoch": round(t["feature_fetch_s_per_epoch"], 1),
         "model_s_per_epoch": round(t["model_s_per_epoch"], 1),
@@ -199,6 +202,8 @@ def main() -> int:
     ap.add_argument("--interactions", type=int, default=50_000_000)
     ap.add_argument("--workers", type=int, default=2, help="workers (= partitions) of the main run")
     ap.add_argument("--parts", default="", help="comma list of P for the memory sweep (e.g. 2,4); empty = none")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="cap the main run's steps (0 = full epochs); the record then projects the epoch time")
     ap.add_argument("--sweep-steps", type=int, default=3, help="training steps per sweep run")
     ap.add_argument("--skip-main", action="store_true", help="only the --parts sweep")
     ap.add_argument("--set", action="append", default=[], help="extra train override key=value")
@@ -221,10 +226,11 @@ def main() -> int:
             os.path.join(logdir, "generate.log"),
         )
         emit({"stage": "generate", **tier, "wall_s": gen["wall_s"], "peak_rss_mb": gen["peak_rss_mb"]})
-        runs = [] if args.skip_main else [(args.workers, {})]
-        runs += [(int(p), {"train.max_steps_per_epoch": args.sweep_steps, "eval.max_users": 2000})
+        main_extra = {"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}
+        runs = [] if args.skip_main else [(args.workers, main_extra, False)]
+        runs += [(int(p), {"train.max_steps_per_epoch": args.sweep_steps, "eval.max_users": 2000}, True)
                  for p in args.parts.split(",") if p]
-        for parts, run_extra in runs:
+        for parts, run_extra, sweep in runs:
             prep = prepare(root, moto.url, parts, logdir)
             m = prep["manifest"]
             emit({
@@ -233,7 +239,7 @@ def main() -> int:
                 "knn": m["knn"], "timings": m["timings"], "bytes": m["bytes"], "part_stats": m["partitions"]["parts"],
             })
             result = train(root, moto.url, parts, logdir, {**extra, **run_extra})
-            emit({**train_record(tier, parts, result), "sweep": bool(run_extra)})
+            emit({**train_record(tier, parts, result), "sweep": sweep})
         emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1)})
     finally:
         moto.stop()

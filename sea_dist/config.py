@@ -78,6 +78,11 @@ class ModelConfig:
         "or within_modality (the pairs the bound uses, one Q per modality)",
     )
     club_inner_steps: int = _opt(50, "Q fitting steps per training batch")
+    align_max_items: int = _opt(
+        0,
+        "alignment (Solosim) loss over at most this many of a batch's items, a seeded subset "
+        "(its cost is quadratic in them); 0 = all, as the reference. Catalog-size batches: 4096",
+    )
 
 
 @dataclass

@@ -363,6 +363,7 @@ def validate_config(cfg: Config) -> None:
         ("prepare.metis_max_edges", cfg.prepare.metis_max_edges),
         ("prepare.exact_knn_max_items", cfg.prepare.exact_knn_max_items),
         ("eval.max_users", e.max_users),
+        ("model.align_max_items", m.align_max_items),
         ("train.feature_cache_rows", t.feature_cache_rows),
     ):
         need(is_int(value) and value >= 0, f"{key} must be an integer >= 0, got {value!r}")

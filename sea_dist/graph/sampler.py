@@ -13,6 +13,8 @@ full-graph computation.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from sea_dist.graph.build import ITEM_TO_USER, USER_TO_ITEM, TrainGraph
@@ -50,15 +52,23 @@ class BatchSampler:
         self.item_degree = graph.item_degree if item_degree is None else torch.as_tensor(item_degree)
         self.knn_row_size = torch.bincount(graph.knn_rows, minlength=graph.n_items)
         self.knn_weights = graph.knn_weights.float()
+        # Sampling in-neighbours reads only the CSC format: keeping that one alone (instead of
+        # COO + CSC) halves the graphs' memory, which at catalog scale is most of a worker's.
         self.ui_graph = dgl.heterograph(
             {
                 USER_TO_ITEM: (graph.ui_users, graph.ui_items),
                 ITEM_TO_USER: (graph.ui_items, graph.ui_users),
             },
             num_nodes_dict={"user": graph.n_users, "item": graph.n_items},
-        )
+        ).formats("csc")
         # Edge j -> i for "i lists j among its neighbours"; edge ids = positions in TrainGraph.
-        self.knn_graph = dgl.graph((graph.knn_cols, graph.knn_rows), num_nodes=graph.n_items)
+        self.knn_graph = dgl.graph((graph.knn_cols, graph.knn_rows), num_nodes=graph.n_items).formats("csc")
+
+    def with_fanouts(self, fanouts: list[int], knn_fanout: int = -1) -> "BatchSampler":
+        """The same graphs (shared, not copied) sampled with other fanouts (e.g. inference)."""
+        other = copy.copy(self)
+        other.fanouts, other.knn_fanout = list(fanouts), knn_fanout
+        return other
 
     def sample(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> MiniBatch:
         n = users.numel()

@@ -152,8 +152,14 @@ def sea_losses(
     club_term = cfg.ureg * torch.stack(bounds).mean()
     pairs = alignment_pairs(model.modalities)
     if pairs:
+        projected = views.projected
+        rows = next(iter(projected.values())).shape[0]
+        if cfg.align_max_items and rows > cfg.align_max_items:
+            # InfoNCE over n rows costs n^2: at catalog batch sizes contrast a seeded subset
+            keep = torch.randperm(rows, generator=generator)[: cfg.align_max_items].to(pos_scores.device)
+            projected = {m: v.index_select(0, keep) for m, v in projected.items()}
         align = torch.stack(
-            [solosim_loss(views.projected[a], views.projected[b], cfg.temp) for a, b in pairs]
+            [solosim_loss(projected[a], projected[b], cfg.temp) for a, b in pairs]
         ).mean()
         align_term = cfg.alpha_contrast * align
     else:

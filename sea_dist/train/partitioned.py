@@ -48,7 +48,7 @@ from sea_dist.ops.retry import with_retries
 from sea_dist.prepare.job import load_prepared
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import NegativeSampler
-from sea_dist.train.loop import EpochTimes, Trainer
+from sea_dist.train.loop import EpochTimes, Trainer, peak_rss_mb
 from sea_dist.train.sharded_tables import TrafficStats, build_user_tables
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class PartitionedTrainer(Trainer):
         degrees = dict(user_degree=torch.from_numpy(lp.user_degree), item_degree=torch.from_numpy(lp.item_degree))
         self.sampler = BatchSampler(self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers, **degrees)
         inference = cfg.eval.inference_fanouts or [-1] * len(cfg.graph.fanouts)
-        self.inference_sampler = BatchSampler(self.graph, inference, -1, cfg.model.n_mm_layers, **degrees)
+        self.inference_sampler = self.sampler.with_fanouts(inference, -1)
         # negatives come from the items with kNN rows here (the extras have none)
         self.negatives = NegativeSampler(self.train_users, self.train_items, lp.n_dgl_items)
         self.stores = open_feature_stores(
@@ -132,6 +132,7 @@ class PartitionedTrainer(Trainer):
         self.table_traffic = TrafficStats()
         self.block_sizes = np.zeros(4, dtype=np.int64)  # steps, input users, input items, block edges
         self.evaluator = self._partition_evaluator(fs, path)
+        log.info("partition %d: set up, peak RSS %.0f MB", ctx.rank, peak_rss_mb())
 
     def _partition_evaluator(self, fs, path: str) -> Evaluator:
         """Evaluate the users this partition owns (indices ``global - user_lo``)."""
@@ -257,7 +258,10 @@ class PartitionedTrainer(Trainer):
         needs only the users it ranks, which ``eval.max_users`` keeps few at catalog size.
         """
         self.model.eval()
-        chunk = max(1, self.cfg.eval.user_batch_size // 4)
+        # big chunks: the sampled neighbourhoods of a chunk's nodes overlap heavily, so the
+        # cost per chunk grows far slower than its size (measured on the 2M-user tier: 1024
+        # items 0.8 s, 4096 items 1.8 s, 16384 items 3.5 s)
+        chunk = max(1, self.cfg.eval.user_batch_size)
         own_users = self._own(self.part.user_inner, self.part.user_global)
         wanted = own_users if own_user_index is None else own_users[own_user_index]
         own_items = self._own(self.part.item_inner, self.part.item_global)

@@ -76,3 +76,36 @@ def test_alignment_pairs_follow_the_reference():
     assert alignment_pairs(["image"]) == []
     assert alignment_pairs(["image", "text"]) == [("text", "image")]
     assert len(alignment_pairs(["a", "b", "c"])) == 6
+
+
+def test_alignment_cap_contrasts_a_seeded_subset_and_is_off_by_default():
+    from sea_dist.config import ModelConfig
+    from sea_dist.model.objective import ClubEstimators, sea_losses
+    from sea_dist.model.sea import SEA, AuxiliaryViews
+
+    torch.manual_seed(0)
+    model = SEA({"image": 8, "text": 4}, ModelConfig(embedding_dim=4))
+    n = 50
+    views = AuxiliaryViews(
+        {m: torch.randn(n, 32) for m in model.modalities},
+        {m: torch.randn(n, 32) for m in model.modalities},
+        {m: torch.randn(n, 6) for m in model.modalities},
+    )
+    scores = (torch.zeros(3), torch.zeros(3))
+
+    def align(cap: int, seed: int) -> float:
+        cfg = ModelConfig(embedding_dim=4, align_max_items=cap)
+        club = ClubEstimators(model.modalities, cfg)
+        terms = sea_losses(model, club, *scores, views, cfg, torch.Generator().manual_seed(seed))
+        return float(terms.align) / cfg.alpha_contrast
+
+    full = sum(
+        solosim_loss(views.projected[a], views.projected[b], 0.2).item()
+        for a, b in alignment_pairs(model.modalities)
+    ) / len(alignment_pairs(model.modalities))
+    assert align(0, 1) == pytest.approx(full, rel=1e-6)
+    assert align(n, 1) == pytest.approx(full, rel=1e-6)  # a cap that does not bind changes nothing
+    assert align(10, 1) == pytest.approx(align(10, 1))  # seeded
+    assert align(10, 1) != pytest.approx(full, rel=1e-3)
+    # the subset's InfoNCE has fewer negatives: its value is bounded by log(10) + margins
+    assert align(10, 1) < full
