@@ -51,6 +51,10 @@ class EvalSplit:
         ]
 
 
+
+#: upper bound on one ranking batch's score block (users x items), whatever ``batch_size`` says
+MAX_SCORES_PER_BATCH = 64 * 1024 * 1024
+
 def _as_int64(a: np.ndarray | Sequence[int], name: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.size == 0:
@@ -153,8 +157,9 @@ def rank_topk(
 ) -> np.ndarray:
     """Top-``k`` items per user by ``user_emb[u] . item_emb[i]``, masked items excluded.
 
-    Scores are computed on ``user_emb``'s device, ``batch_size`` users at a time, so peak
-    memory is ``batch_size x n_items`` scores. Masked (user, item) entries become ``-inf``.
+    Scores are computed on ``user_emb``'s device, ``batch_size`` users at a time (fewer when
+    ``batch_size x n_items`` would exceed ``MAX_SCORES_PER_BATCH``, 64M scores = 256 MB of
+    float32), so peak memory is that many scores. Masked (user, item) entries become ``-inf``.
     Slots that only a masked item could fill (fewer than ``k`` unmasked items, or ``k`` larger
     than the catalogue) are returned as ``-1`` so they can never count as hits.
 
@@ -177,6 +182,8 @@ def rank_topk(
     device = user_emb.device
     item_emb = item_emb.to(device=device, dtype=user_emb.dtype)
     kk = min(k, n_items)
+    # at catalog size a batch of users x every item is gigabytes: bound the score block too
+    batch_size = max(1, min(batch_size, MAX_SCORES_PER_BATCH // max(n_items, 1)))
     out = np.full((len(users), k), -1, dtype=np.int64)
     if kk == 0 or len(users) == 0:
         return out
