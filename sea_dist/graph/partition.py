@@ -103,6 +103,7 @@ def write_partitions(
     num_parts: int,
     method: str,
     out_dir: str,
+    seed: int = 0,
 ) -> PartitionLayout:
     """Partition the training graph into ``out_dir`` (DGL's format plus our side files)."""
     if num_parts < 1:
@@ -121,11 +122,19 @@ def write_partitions(
     )
     log.info("partition: %d-way %s partitioning of %d users, %d items, %d interactions",
              num_parts, method, n_users, n_items, len(ui_users))
-    # DGL prints its progress to stdout, where our jobs write their results: move it to stderr
-    with contextlib.redirect_stdout(sys.stderr):
-        node_map, _ = dgl.distributed.partition_graph(
-            g, GRAPH_NAME, num_parts, out_dir, part_method=method, num_hops=1, return_mapping=True
-        )
+    # DGL prints its progress to stdout, where our jobs write their results: move it to stderr.
+    # Its random partitioner draws from numpy's global generator: seed it for reproducible
+    # partitions, and put the caller's state back.
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        dgl.seed(seed)
+        with contextlib.redirect_stdout(sys.stderr):
+            node_map, _ = dgl.distributed.partition_graph(
+                g, GRAPH_NAME, num_parts, out_dir, part_method=method, num_hops=1, return_mapping=True
+            )
+    finally:
+        np.random.set_state(state)
     del g
     user_new_to_old = node_map["user"].numpy().astype(np.int64)
     item_new_to_old = node_map["item"].numpy().astype(np.int64)

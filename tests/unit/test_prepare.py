@@ -151,3 +151,11 @@ def test_part_method_choice_and_config_checks():
                 {"eval.inference_fanouts": [5]}, {"prepare.knn_nprobe": 0}):
         with pytest.raises(ConfigError):
             validate_config(apply_overrides(Config(), bad))
+
+
+def test_random_partitions_are_reproducible(root, tmp_path):
+    a = run_prepare(_cfg(root, **{"prepare.part_method": "random"}))
+    first = json.load(open(os.path.join(a.uri, "MANIFEST.json")))["partitions"]["parts"]
+    again = run_prepare(_cfg(root, **{"prepare.part_method": "random", "prepare.force": True}))
+    assert again.uri == a.uri and not again.reused
+    assert again.manifest["partitions"]["parts"] == first
