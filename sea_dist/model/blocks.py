@@ -1,8 +1,9 @@
 """The computation graph of one minibatch, as plain torch tensors.
 
 The sampler (``sea_dist.graph.sampler``, the only DGL user) turns DGL blocks into these
-structures so that the model never sees a DGL object: message passing is ``index_add_`` on
-whatever device the worker has, which is what lets the CPU-only DGL wheel drive GPU training.
+structures so that the model never sees a DGL object: message passing is a sparse CSR matrix
+product on whatever device the worker has, which is what lets the CPU-only DGL wheel drive GPU
+training.
 
 Conventions follow DGL blocks: in every hop the destination nodes are a prefix of the source
 nodes (of the same type), so a node's own value from the previous layer is ``h[:n_dst]``.
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+
+from sea_dist.model.full_graph import _csr
 
 
 @dataclass
@@ -25,11 +28,27 @@ class Relation:
     n_dst: int
 
     def aggregate(self, h_src: torch.Tensor) -> torch.Tensor:
-        """``out[d] = sum_e weight[e] * h_src[src[e]]`` over edges into ``d``."""
-        out = h_src.new_zeros((self.n_dst, h_src.shape[1]))
-        if self.src.numel():
-            out.index_add_(0, self.dst, h_src[self.src] * self.weight.unsqueeze(1))
-        return out
+        """``out[d] = sum_e weight[e] * h_src[src[e]]`` over edges into ``d``.
+
+        One fused sparse (CSR) x dense product rather than gather, multiply and ``index_add_``:
+        2.4x faster forward + backward on a 2.2M-edge hop on one CPU core (the hop sizes of
+        the catalog tier), where the three-step form was ~40% of a training step.
+        """
+        if not self.src.numel():
+            return h_src.new_zeros((self.n_dst, h_src.shape[1]))
+        n_src = max(int(h_src.shape[0]), 1)
+        operator = self._operators.get(n_src)
+        if operator is None:  # built once per relation and source count (modalities share it)
+            operator = _csr(self.dst, self.src, self.weight.to(h_src.dtype), (self.n_dst, n_src))
+            self._operators[n_src] = operator
+        return operator @ h_src
+
+    @property
+    def _operators(self) -> dict:
+        cache = self.__dict__.get("_csr_cache")
+        if cache is None:
+            cache = self.__dict__["_csr_cache"] = {}
+        return cache
 
     def to(self, device: torch.device | str) -> "Relation":
         return Relation(
