@@ -107,18 +107,18 @@ def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
     # fail fast on bad data, before any worker starts (transient storage faults are retried)
     meta = with_retries(lambda: load_meta(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
-    if cfg.train.partitioned and not cfg.data.prepared:
-        from sea_dist.prepare.job import run_prepare  # builds it only when missing
-
-        prepared = run_prepare(cfg)
-        cfg = replace(cfg, data=replace(cfg.data, prepared=prepared.uri))
     if cfg.train.partitioned:
-        from sea_dist.prepare.job import load_prepared
+        from sea_dist.prepare.job import load_prepared, run_prepare
 
-        parts = load_prepared(cfg.data.prepared, cfg.data.s3_endpoint_url).num_parts
-        if parts != cfg.train.num_workers:
+        # the prepared version for this data and these settings, built only when missing
+        if cfg.data.prepared:
+            prepared = load_prepared(cfg.data.prepared, cfg.data.s3_endpoint_url)
+        else:
+            prepared = run_prepare(cfg)
+            cfg = replace(cfg, data=replace(cfg.data, prepared=prepared.uri))
+        if prepared.num_parts != cfg.train.num_workers:
             raise ConfigError(
-                f"{cfg.data.prepared} has {parts} partitions but train.num_workers is "
+                f"{cfg.data.prepared} has {prepared.num_parts} partitions but train.num_workers is "
                 f"{cfg.train.num_workers}: each worker trains exactly one partition"
             )
     published = already_published(cfg, meta.version)

@@ -320,15 +320,27 @@ class Trainer:
         the model started); the time spent gathering features is added to
         ``times.feature_fetch_s``.
         """
-        batch = self.sampler.sample(users_t, pos_t, neg_t)
+        batch = self._sample(users_t, pos_t, neg_t)
         fetch_started = time.monotonic()
-        inputs = {m: f[batch.input_items.to(self.device)] for m, f in self.features.items()}
-        fetched_bytes = sum(t.numel() * t.element_size() for t in inputs.values())
+        inputs, fetched_bytes = self._fetch_features(batch.input_items)
+        tables = self._gather_table_rows(batch)
         batch = batch.to(self.device)
         model_started = time.monotonic()
         times.feature_fetch_s += model_started - fetch_started
-        out = self.step_model(batch, inputs, self.tables)
+        out = self.step_model(batch, inputs, tables)
         return out.pos_scores, out.neg_scores, out.views, fetched_bytes, model_started
+
+    def _sample(self, users_t, pos_t, neg_t):
+        return self.sampler.sample(users_t, pos_t, neg_t)
+
+    def _fetch_features(self, items: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+        """The raw feature rows of ``items`` per modality, and the bytes gathered."""
+        inputs = {m: f[items.to(self.device)] for m, f in self.features.items()}
+        return inputs, sum(t.numel() * t.element_size() for t in inputs.values())
+
+    def _gather_table_rows(self, batch):
+        """What the model looks the batch's user rows up in (here: the replicated tables)."""
+        return self.tables
 
     def _zero_table_grads(self) -> None:
         if self.table_optimizer is not None:
@@ -543,13 +555,18 @@ class Trainer:
             user_rep, item_rep = self.embeddings()
             staged.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
             staged.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
+        self._publish(publisher, staged, publish_id, summary, self.dataset.meta.version)
+
+    def _publish(self, publisher: Publisher, staged: RunOutputs, publish_id: str, summary: dict, version: str) -> None:
+        """Rank 0, after every embedding file is staged: model, report, summary, then the
+        manifest that makes them the published model."""
         staged.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
         staged.write_text("report.html", render_report(summary, self.progress.history))
         staged.write_summary(summary)
         publisher.publish(
-            cfg.train.run_name,
+            self.cfg.train.run_name,
             publish_id,
-            self.dataset.meta.version,
+            version,
             config_fingerprint(summary["config"]),
-            keep_runs=cfg.output.keep_runs,
+            keep_runs=self.cfg.output.keep_runs,
         )

@@ -40,10 +40,9 @@ from sea_dist.graph.build import TrainGraph
 from sea_dist.graph.partition import load_local_partition
 from sea_dist.graph.sampler import BatchSampler
 from sea_dist.model.blocks import MiniBatch
-from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.publish import Publisher
 from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.redact import redact_uri
-from sea_dist.ops.report import render_report
 from sea_dist.ops.retry import with_retries
 from sea_dist.prepare.job import load_prepared
 from sea_dist.train.distributed import WorkerContext
@@ -206,17 +205,14 @@ class PartitionedTrainer(Trainer):
         batch.seed_users = self.user_global[batch.seed_users]
         return batch
 
-    def _sampled_forward(self, users_t, pos_t, neg_t, times: EpochTimes):
+    def _sample(self, users_t, pos_t, neg_t) -> MiniBatch:
         batch = self._global_users(self.sampler.sample(users_t, pos_t, neg_t))
         self.block_sizes += np.array([1, batch.input_users.numel(), batch.input_items.numel(), batch.num_edges])
-        fetch_started = time.monotonic()
-        inputs, fetched_bytes = self._fetch_features(batch.input_items)
+        return batch
+
+    def _gather_table_rows(self, batch: MiniBatch):
         self._rows = self.tables.gather(batch.input_users.to(self.device))
-        batch = batch.to(self.device)
-        model_started = time.monotonic()
-        times.feature_fetch_s += model_started - fetch_started
-        out = self.step_model(batch, inputs, self._rows)
-        return out.pos_scores, out.neg_scores, out.views, fetched_bytes, model_started
+        return self._rows
 
     def _zero_table_grads(self) -> None:
         self.tables.zero_grad()
@@ -395,20 +391,8 @@ class PartitionedTrainer(Trainer):
                 item_raw = self._item_raw_ids()
                 staged.write_embeddings("items", item_raw, item_rep)
         ctx.barrier()
-        if not ctx.is_main:
-            return
-        from sea_dist.train.warm_start import MODEL_FILE, published_model_bytes
-
-        staged.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
-        staged.write_text("report.html", render_report(summary, self.progress.history))
-        staged.write_summary(summary)
-        publisher.publish(
-            cfg.train.run_name,
-            publish_id,
-            self.manifest["dataset"]["version"],
-            config_fingerprint(summary["config"]),
-            keep_runs=cfg.output.keep_runs,
-        )
+        if ctx.is_main:
+            self._publish(publisher, staged, publish_id, summary, self.manifest["dataset"]["version"])
 
     def _item_raw_ids(self) -> np.ndarray:
         fs, path = make_filesystem(self.prepared.uri, self.cfg.data.s3_endpoint_url)

@@ -207,7 +207,24 @@ class _Shard(nn.Module):
         self.modality_weights = table(len(modalities))
 
 
-class ShardedTables:
+class _SparseAdamTables:
+    """What both table layouts share: one SparseAdam over the rows this rank holds, and a
+    traffic count per step."""
+
+    optimizer: torch.optim.SparseAdam
+    traffic: TrafficStats
+
+    def step(self) -> TrafficStats:
+        """Apply SparseAdam to the rows held here; returns this step's traffic and starts a new count."""
+        self.optimizer.step()
+        done, self.traffic = self.traffic, TrafficStats()
+        return done
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class ShardedTables(_SparseAdamTables):
     """This rank's rows ``[bounds[rank], bounds[rank+1])`` of the user tables, and their optimizer.
 
     ``gather``, ``push_gradients`` and ``gather_full`` are collectives: every rank calls them
@@ -351,15 +368,6 @@ class ShardedTables:
             )
             table.weight.grad = (grad if table.weight.grad is None else table.weight.grad + grad).coalesce()
 
-    def step(self) -> TrafficStats:
-        """Apply SparseAdam to the local shard; returns this step's traffic and starts a new count."""
-        self.optimizer.step()
-        done, self.traffic = self.traffic, TrafficStats()
-        return done
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
     # -- checkpoints and export
     def state_dict(self) -> dict:
         """This rank's shard only: rows, SparseAdam state and the bounds it was cut with."""
@@ -408,7 +416,7 @@ class ShardedTables:
 
 
 # ---- replicated tables, same interface ----------------------------------------------------
-class ReplicatedTables:
+class ReplicatedTables(_SparseAdamTables):
     """A full ``UserTables`` replica per rank, kept identical by all-gathering sparse gradients
     (:func:`~sea_dist.train.sparse_tables.synchronize_sparse_gradients`). ``gather`` returns the
     replica itself, so the step is exactly today's replicated path."""
@@ -444,14 +452,6 @@ class ReplicatedTables:
             self.traffic.grad_rows_received += total - own
             self.traffic.bytes_sent += own * peers * row_bytes
             self.traffic.bytes_received += (total - own) * row_bytes
-
-    def step(self) -> TrafficStats:
-        self.optimizer.step()
-        done, self.traffic = self.traffic, TrafficStats()
-        return done
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict:
         return {"tables": self.tables.state_dict(), "optimizer": self.optimizer.state_dict()}
