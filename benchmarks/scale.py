@@ -33,14 +33,20 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "bench"
 
+# Batch: 131,072 triples per worker step. On CPU the cost of a step is dominated by the sampled
+# frontier, which at this tier already covers a quarter of a partition's users at 8,192 triples
+# per worker and saturates above: measured per worker step on the 2M tier, 8,192 triples 5.5 s,
+# 32,768 8.9 s, 131,072 11.6 s, 524,288 14.5 s. A full epoch fits a session only at the large
+# batch (~30 min instead of ~4 h); the GPU catalog config keeps 8,192 per worker.
 TRAIN_DEFAULTS = {
-    "train.batch_size": 16384,
+    "train.batch_size": 262144,
     "train.epochs": 1,
     "train.cpus_per_worker": 1,
     "graph.fanouts": "[5,5]",
@@ -106,10 +112,58 @@ class MotoServer:
         self.proc.wait(timeout=30)
 
 
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class MachineMemory:
+    """Peak of the whole machine's used memory (MemTotal - MemAvailable) while a stage runs.
+
+    Per-process peaks do not add up to the machine's: moto's peak is a transient of multipart
+    uploads (its resident set falls back to ~1 GB afterwards), the workers peak mid-step. This
+    is the figure that says whether a run fits the machine.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def used_mb() -> float:
+        fields = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0])
+        return (fields["MemTotal"] - fields["MemAvailable"]) / 1024.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.used_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "MachineMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def timed(cmd: list[str], log_path: str) -> dict:
-    """Run ``cmd`` under GNU time; wall seconds, peak RSS (MB) and stdout."""
+    """Run ``cmd`` under GNU time; wall seconds, peak RSS (MB), the machine's peak use, stdout."""
     started = time.monotonic()
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log, MachineMemory() as machine:
         proc = subprocess.run(
             ["/usr/bin/time", "-f", "MAXRSS_KB=%M"] + cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO
         )
@@ -121,7 +175,7 @@ def timed(cmd: list[str], log_path: str) -> dict:
             tail = f.read()[-4000:]
         raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{tail}")
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(int(found[-1]) / 1024.0, 1) if found else None,
-            "stdout": proc.stdout}
+            "machine_peak_used_mb": round(machine.peak_mb, 1), "stdout": proc.stdout}
 
 
 def overrides(pairs: dict) -> list[str]:
@@ -135,7 +189,8 @@ def prepare(root: str, endpoint: str, parts: int, logdir: str) -> dict:
         os.path.join(logdir, f"prepare-p{parts}.log"),
     )
     manifest = json.loads(out.pop("stdout"))
-    return {"wall_s": out["wall_s"], "peak_rss_mb": out["peak_rss_mb"], "manifest": manifest}
+    return {"wall_s": out["wall_s"], "peak_rss_mb": out["peak_rss_mb"],
+            "machine_peak_used_mb": out["machine_peak_used_mb"], "manifest": manifest}
 
 
 def train(root: str, endpoint: str, parts: int, logdir: str, extra: dict) -> dict:
@@ -156,7 +211,8 @@ def train(root: str, endpoint: str, parts: int, logdir: str, extra: dict) -> dic
     with open(os.path.join(outdir, prefix, "summary.json")) as f:
         summary = json.load(f)
     shutil.rmtree(outdir, ignore_errors=True)
-    return {"wall_s": out["wall_s"], "summary": summary, "settings": settings}
+    return {"wall_s": out["wall_s"], "machine_peak_used_mb": out["machine_peak_used_mb"], "summary": summary,
+            "settings": settings}
 
 
 def train_record(tier: dict, parts: int, result: dict) -> dict:
@@ -169,6 +225,8 @@ def train_record(tier: dict, parts: int, result: dict) -> dict:
         "workers": parts,
         "epochs": s["epochs_run"],
         "wall_s": result["wall_s"],
+        "machine_peak_used_mb": result["machine_peak_used_mb"],
+        "triples_per_worker_step": int(result["settings"]["train.batch_size"]) // parts,
         "train_s_per_epoch": round(t["train_s_per_epoch"], 1),
         "train_edges_per_s_per_worker": round(t["train_edges_per_s_per_worker"], 1),
         # a capped run's full epoch: every worker's share of the train edges at its measured rate
@@ -216,7 +274,8 @@ def main() -> int:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     tier = {"users": args.users, "items": args.items, "interactions": args.interactions}
-    emit({"stage": "start", **tier, "logdir": logdir, "cpus": os.cpu_count()})
+    machine_before = MachineMemory.used_mb()
+    emit({"stage": "start", **tier, "logdir": logdir, "cpus": os.cpu_count(), "machine_used_mb": round(machine_before, 1)})
     moto = MotoServer()
     try:
         root = f"s3://{BUCKET}/catalog-{args.users}x{args.items}x{args.interactions}"
@@ -225,22 +284,26 @@ def main() -> int:
              "--interactions", str(args.interactions), "--out", root, "--s3-endpoint-url", moto.url],
             os.path.join(logdir, "generate.log"),
         )
-        emit({"stage": "generate", **tier, "wall_s": gen["wall_s"], "peak_rss_mb": gen["peak_rss_mb"]})
+        emit({"stage": "generate", **tier, "wall_s": gen["wall_s"], "peak_rss_mb": gen["peak_rss_mb"],
+              "machine_peak_used_mb": gen["machine_peak_used_mb"]})
         main_extra = {"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}
         runs = [] if args.skip_main else [(args.workers, main_extra, False)]
-        runs += [(int(p), {"train.max_steps_per_epoch": args.sweep_steps, "eval.max_users": 2000}, True)
+        # the sweep keeps the smaller batch of its recorded figures (benchmarks/results/scale_sweep_400k.jsonl)
+        runs += [(int(p), {"train.max_steps_per_epoch": args.sweep_steps, "eval.max_users": 2000,
+                           "train.batch_size": 16384}, True)
                  for p in args.parts.split(",") if p]
         for parts, run_extra, sweep in runs:
             prep = prepare(root, moto.url, parts, logdir)
             m = prep["manifest"]
             emit({
                 "stage": "prepare", **tier, "parts": parts, "wall_s": prep["wall_s"],
-                "peak_rss_mb": prep["peak_rss_mb"], "reused": m["reused"], "method": m["partitions"]["method"],
+                "peak_rss_mb": prep["peak_rss_mb"], "machine_peak_used_mb": prep["machine_peak_used_mb"], "reused": m["reused"], "method": m["partitions"]["method"],
                 "knn": m["knn"], "timings": m["timings"], "bytes": m["bytes"], "part_stats": m["partitions"]["parts"],
             })
             result = train(root, moto.url, parts, logdir, {**extra, **run_extra})
             emit({**train_record(tier, parts, result), "sweep": sweep})
-        emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1)})
+        emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1), "rss_mb_at_end": round(_rss_mb(moto.proc.pid), 1),
+              "machine_used_mb_before_start": round(machine_before, 1)})
     finally:
         moto.stop()
     return 0

@@ -269,9 +269,11 @@ class LocalPartition:
     user_raw: np.ndarray
     user_degree: np.ndarray
     user_inner: np.ndarray
-    ui_users: np.ndarray
-    ui_items: np.ndarray
-    train_mask: np.ndarray
+    # every stored interaction edge; a trainer that has built its sampler (which keeps its own
+    # CSC copy) sets these three to None to release them
+    ui_users: np.ndarray | None
+    ui_items: np.ndarray | None
+    train_mask: np.ndarray | None
     knn_dst: np.ndarray
     knn_src: np.ndarray
     knn_w: np.ndarray

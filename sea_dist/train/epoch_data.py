@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sea_dist.arrays import sorted_unique
+
 
 class NegativeSampler:
     """Uniform negatives over the items *not* in the user's training history (MMRec).
@@ -19,7 +21,7 @@ class NegativeSampler:
 
     def __init__(self, train_users: np.ndarray, train_items: np.ndarray, n_items: int):
         self.n_items = int(n_items)
-        self.keys = np.unique(train_users.astype(np.int64) * self.n_items + train_items)
+        self.keys = sorted_unique(train_users.astype(np.int64) * self.n_items + train_items)
         degree = np.bincount(train_users, minlength=int(train_users.max()) + 1 if len(train_users) else 0)
         if len(degree) and degree.max() >= self.n_items:
             heavy = int(np.argmax(degree))

@@ -54,13 +54,17 @@ log = logging.getLogger(__name__)
 
 
 class PartitionEpochPlan:
-    """This worker's shuffled triples of one epoch, cut into the world's common step count."""
+    """This worker's shuffled triples of one epoch, cut into the world's common step count.
+
+    Holds the shuffle order and the negatives only; a step's users and positives are gathered
+    from the training edges when asked for (two fewer edge-sized arrays per worker).
+    """
 
     def __init__(self, users, items, negatives: NegativeSampler, steps: int, seed: int, epoch: int, rank: int):
         rng = np.random.default_rng([seed, epoch, rank])
-        order = rng.permutation(len(users))
-        self.users, self.pos = users[order], items[order]
-        self.neg = negatives.sample(self.users, rng)
+        self.order = rng.permutation(len(users))
+        self.train_users, self.train_items = users, items
+        self.neg = negatives.sample(users[self.order], rng)
         self.bounds = np.linspace(0, len(users), steps + 1).astype(np.int64)
         self.steps = steps
 
@@ -69,7 +73,8 @@ class PartitionEpochPlan:
 
     def local_batch(self, step: int, rank: int, world_size: int):
         lo, hi = self.bounds[step], self.bounds[step + 1]
-        return self.users[lo:hi], self.pos[lo:hi], self.neg[lo:hi]
+        picked = self.order[lo:hi]
+        return self.train_users[picked], self.train_items[picked], self.neg[lo:hi]
 
 
 class PartitionedTrainer(Trainer):
@@ -107,7 +112,8 @@ class PartitionedTrainer(Trainer):
         )
         self.train_users = lp.ui_users[lp.train_mask]
         self.train_items = lp.ui_items[lp.train_mask]
-        self.graph = TrainGraph(
+        self.partition_bytes = lp.nbytes()  # as loaded, before the edge lists are handed over
+        graph = TrainGraph(
             n_users=lp.n_users,
             n_items=lp.n_items,
             ui_users=torch.from_numpy(lp.ui_users),
@@ -116,12 +122,17 @@ class PartitionedTrainer(Trainer):
             knn_cols=torch.from_numpy(lp.knn_src),
             knn_weights=torch.from_numpy(lp.knn_w),
         )
+        self.graph = None  # the samplers' CSC copy is the only graph kept (see below)
         self.full_graph = None
         self.features = None
         degrees = dict(user_degree=torch.from_numpy(lp.user_degree), item_degree=torch.from_numpy(lp.item_degree))
-        self.sampler = BatchSampler(self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers, **degrees)
+        self.sampler = BatchSampler(graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers, **degrees)
         inference = cfg.eval.inference_fanouts or [-1] * len(cfg.graph.fanouts)
         self.inference_sampler = self.sampler.with_fanouts(inference, -1)
+        # The sampler holds its own CSC copy of the edges: drop the COO lists (two int64 arrays
+        # of every stored edge, ~0.5 GB per worker on the 2M-user tier).
+        del graph
+        lp.ui_users = lp.ui_items = lp.train_mask = None
         # negatives come from the items with kNN rows here (the extras have none)
         self.negatives = NegativeSampler(self.train_users, self.train_items, lp.n_dgl_items)
         self.stores = open_feature_stores(
@@ -151,6 +162,9 @@ class PartitionedTrainer(Trainer):
             keep = np.random.default_rng([cfg.train.seed, 7, self.ctx.rank]).random(n_own) < share
             held_keep = keep[users]
             users, items, split = users[held_keep], items[held_keep], split[held_keep]
+            # only the sampled users' training edges matter (they mask the ranked lists)
+            train_keep = keep[train_u]
+            train_u, train_i = train_u[train_keep], train_i[train_keep]
         popularity = with_retries(
             lambda: pq.read_table(fs.open(posixpath.join(path, "id_maps", "items.parquet"), "rb"), columns=["train_degree"]),
             "reading the item id map",
@@ -308,7 +322,7 @@ class PartitionedTrainer(Trainer):
         summary = super().summary(totals, wall_s)
         fetch = [s.stats for s in self.stores.values()]
         mine = [
-            self.part.nbytes() / 1e6,
+            self.partition_bytes / 1e6,
             float(self._table_rows()),
             self._table_bytes() / 1e6,
             float(self.part.loaded_bytes),

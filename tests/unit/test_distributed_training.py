@@ -107,3 +107,27 @@ def test_eval_users_without_training_interactions_are_skipped_and_counted():
     ev = Evaluator(4, 3, edges, EvalConfig(topk=[1]))
     assert ev.skipped_users == {"valid": 2, "test": 0}
     assert ev.splits["valid"].users.tolist() == [0]
+
+
+def test_eval_with_only_the_evaluated_users_training_edges_ranks_the_same():
+    """Partitioned evaluation with ``eval.max_users`` keeps only the sampled users' training
+    edges (they mask the ranked lists); the metrics must not change."""
+    rng = np.random.default_rng(3)
+    n_users, n_items = 60, 40
+    train = (rng.integers(0, n_users, 900), rng.integers(0, n_items, 900))
+    held_users = np.arange(0, n_users, 3)  # the sampled users
+    valid = (np.repeat(held_users, 2), rng.integers(0, n_items, 2 * len(held_users)))
+    test = (np.repeat(held_users, 2), rng.integers(0, n_items, 2 * len(held_users)))
+    users_e, items_e = torch.randn(n_users, 8), torch.randn(n_items, 8)
+    keep = np.isin(train[0], held_users)
+    full = Evaluator(n_users, n_items, {"train": train, "valid": valid, "test": test}, EvalConfig(topk=[5, 10]))
+    kept = Evaluator(
+        n_users, n_items, {"train": (train[0][keep], train[1][keep]), "valid": valid, "test": test}, EvalConfig(topk=[5, 10])
+    )
+    for split in ("valid", "test"):
+        a, b = full.evaluate(users_e, items_e, split), kept.evaluate(users_e, items_e, split)
+        assert a == b and a["recall@10"] > 0
+    # a mask that lost an evaluated user's edges would change the ranking
+    lossy_train = (train[0][:100], train[1][:100])
+    lossy = Evaluator(n_users, n_items, {"train": lossy_train, "valid": valid, "test": test}, EvalConfig(topk=[5, 10]))
+    assert lossy.evaluate(users_e, items_e, "test") != full.evaluate(users_e, items_e, "test")
