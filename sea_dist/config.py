@@ -106,6 +106,11 @@ class TrainConfig:
     patience: int = _opt(20, "early stopping: epochs without a better validation metric")
     seed: int = _opt(999, "random seed (MMRec's default)")
     checkpoint_every_epochs: int = _opt(1, "write a checkpoint every N epochs")
+    progress_every_s: float = _opt(
+        60.0,
+        "rank 0 logs a progress line (step, s/step, ETA of the epoch, mean loss so far) every N "
+        "seconds of an epoch's training (0 = off); a catalog epoch runs for tens of minutes",
+    )
     checkpoint_every_steps: int = _opt(
         0,
         "also checkpoint every N training steps inside an epoch (0 = epoch ends only); "

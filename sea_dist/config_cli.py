@@ -332,6 +332,7 @@ def validate_config(cfg: Config) -> None:
         ("model.alpha_contrast", m.alpha_contrast),
         ("model.ureg", m.ureg),
         ("train.gpus_per_worker", t.gpus_per_worker),
+        ("train.progress_every_s", t.progress_every_s),
     ):
         need(value >= 0, f"{key} must be >= 0, got {value!r}")
     need(
@@ -348,7 +349,6 @@ def validate_config(cfg: Config) -> None:
 
     if t.partitioned:
         need(not t.full_graph, "train.partitioned and train.full_graph exclude each other")
-        need(not t.resume, "train.resume is not supported in partitioned mode yet (per-rank table shards)")
         need(not t.warm_start, "train.warm_start is not supported in partitioned mode yet")
     need(
         t.user_tables in ("sharded", "replicated"),

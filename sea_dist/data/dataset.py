@@ -3,8 +3,8 @@
 Layout under a root URI (see ``DESIGN.md``, "Data contract")::
 
     <root>/dataset.json                        # name, version, counts, modalities {name: dim}, splits
-    <root>/interactions/part-*.parquet         # user_id int64, item_id int64, split int8 (0/1/2), [ts]
-    <root>/features/<modality>/part-*.parquet  # item_id int64,
+    <root>/interactions/part-*.parquet         # user_id, item_id (int64 or string), split int8 (0/1/2), [ts]
+    <root>/features/<modality>/part-*.parquet  # item_id (int64 or string),
                                                # embedding fixed_size_list<float32|float16>[dim],
                                                # sorted by item_id, row groups sized for ranged reads
 
@@ -15,7 +15,8 @@ counts; an item without features cannot be represented at all, since SEA has no 
 embeddings). So every :class:`DatasetError` names the file (and the row, item id or key) and the
 problem. All checks are vectorised numpy so that a 50M-interaction dataset validates in seconds.
 
-Ids: raw ids are arbitrary int64; the loader maps them to contiguous indices. Items are the ids
+Ids: raw ids are arbitrary int64 or strings (:mod:`sea_dist.data.ids`; one kind per column, users
+and items may differ); the loader maps them to contiguous indices. Items are the ids
 that have feature rows (the first modality defines the universe, every other modality must have
 exactly the same ids) and are indexed in ascending raw-id order, which is also the on-disk order
 of the feature shards, so item index ``i`` is row ``i`` of the concatenated shards. Users are the
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sea_dist.arrays import sorted_unique
+from sea_dist.data.ids import INT, arrow_id_kind, as_raw_ids, ids_to_arrow, ids_to_numpy
 
 __all__ = [
     "DatasetError",
@@ -146,8 +148,8 @@ class Dataset:
 
     meta: DatasetMeta
     root: str
-    user_raw_ids: np.ndarray  # int64 [n_users]; contiguous user index u -> raw user_id (ascending)
-    item_raw_ids: np.ndarray  # int64 [n_items]; contiguous item index i -> raw item_id (ascending)
+    user_raw_ids: np.ndarray  # int64 or str [n_users]; contiguous user index u -> raw user_id (ascending)
+    item_raw_ids: np.ndarray  # int64 or str [n_items]; contiguous item index i -> raw item_id (ascending)
     users: np.ndarray  # int64 [E] contiguous user index of every interaction
     items: np.ndarray  # int64 [E] contiguous item index of every interaction
     splits: np.ndarray  # int8 [E], 0 train / 1 valid / 2 test
@@ -294,6 +296,22 @@ def _check_int_column(shard: _Shard, schema: pa.Schema, column: str, want: str) 
         raise DatasetError(f"{shard.name}: column {column!r} has type {t}, expected {want}")
 
 
+def _check_id_column(shard: _Shard, schema: pa.Schema, column: str, kinds: dict[str, str]) -> None:
+    """An id column must hold integers or strings, of the same kind in every shard that shares
+    ``kinds`` (one dict per id column of the dataset)."""
+    t = schema.field(column).type
+    kind = arrow_id_kind(t)
+    if kind is None:
+        raise DatasetError(f"{shard.name}: column {column!r} has type {t}, expected int64 or string ids")
+    seen = kinds.setdefault("kind", kind)
+    if kind != seen:
+        raise DatasetError(
+            f"{shard.name}: column {column!r} holds {kind} ids where {kinds.get('where', 'earlier shards')} "
+            f"hold {seen} ids (one id kind per column)"
+        )
+    kinds.setdefault("where", shard.name)
+
+
 class _IdIndex:
     """Maps raw ids to their position in an ascending unique id array; -1 where absent.
 
@@ -306,7 +324,7 @@ class _IdIndex:
     def __init__(self, sorted_ids: np.ndarray):
         self.ids = sorted_ids
         self.lut: np.ndarray | None = None
-        if sorted_ids.size:
+        if sorted_ids.size and sorted_ids.dtype.kind in "iu":
             self.lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
             self.span = hi - self.lo + 1
             if self.span <= max(16 * sorted_ids.size, 1 << 22) and self.span <= (1 << 28):
@@ -329,6 +347,18 @@ class _IdIndex:
             idx = np.searchsorted(ids, query).astype(np.int64)
         idx[ids[np.minimum(idx, ids.size - 1)] != query] = -1
         return idx
+
+
+def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
+    """An id column as int64 or unicode numpy (:func:`sea_dist.data.ids.ids_to_numpy`); no nulls."""
+    col = table.column(column)
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DatasetError(f"{shard.name}: column {column!r} has a null at row {row}")
+    try:
+        return ids_to_numpy(col)
+    except pa.ArrowInvalid as e:
+        raise DatasetError(f"{shard.name}: column {column!r} does not fit int64 ({e})") from e
 
 
 def _int_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
@@ -371,7 +401,7 @@ def _load_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMe
 
 
 def _read_features(
-    fs: fsspec.AbstractFileSystem, path: str, modality: str, dim: int
+    fs: fsspec.AbstractFileSystem, path: str, modality: str, dim: int, id_kinds: dict[str, str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(item ids ascending, float32 [n, dim]) of one modality, checked for dim, order, finiteness."""
     folder = posixpath.join(path, "features", modality)
@@ -385,7 +415,7 @@ def _read_features(
 
     def check(sh: _Shard) -> None:
         schema = _check_columns(sh, ("item_id", "embedding"))
-        _check_int_column(sh, schema, "item_id", "int64")
+        _check_id_column(sh, schema, "item_id", kinds)
         t = schema.field("embedding").type
         if not pa.types.is_fixed_size_list(t) or t.value_type not in (pa.float32(), pa.float16()):
             raise DatasetError(
@@ -398,9 +428,10 @@ def _read_features(
                 f"(modality {modality!r} has dim {dim})"
             )
 
+    kinds: dict[str, str] = {} if id_kinds is None else id_kinds
     counts = _scan_shards(fs, files, check)
     n = int(sum(counts))
-    ids = np.empty(n, dtype=np.int64)
+    id_parts: list[np.ndarray] = []
     feats = np.empty((n, dim), dtype=np.float32)
     pos = 0
     for f in files:
@@ -410,12 +441,13 @@ def _read_features(
                 k = table.num_rows
                 if pos + k > n:
                     raise DatasetError(f"{sh.name}: more rows than its footer declares")
-                ids[pos : pos + k] = _int_numpy(sh, table, "item_id")
+                group_ids = _id_numpy(sh, table, "item_id")
+                id_parts.append(group_ids)
                 emb = table.column("embedding")
                 if emb.null_count:
                     row = int(np.flatnonzero(emb.is_null().to_numpy(zero_copy_only=False))[0])
                     raise DatasetError(
-                        f"{sh.name}: null embedding for item id {ids[pos + row]} (modality {modality!r})"
+                        f"{sh.name}: null embedding for item id {group_ids[row]} (modality {modality!r})"
                     )
                 p = pos
                 for chunk in emb.chunks:
@@ -432,22 +464,24 @@ def _read_features(
                     if bad.size:
                         r = int(bad[0])
                         raise DatasetError(
-                            f"{sh.name}: NaN or inf in feature row of item id {ids[pos + r]} "
+                            f"{sh.name}: NaN or inf in feature row of item id {group_ids[r]} "
                             f"(modality {modality!r}, row {pos + r - file_start})"
                         )
                 pos += k
     if pos != n:
         raise DatasetError(f"{_display(fs, folder)}: read {pos} rows, footers declare {n}")
+    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int64)
 
     if n > 1:
-        d = np.diff(ids)
-        bad = np.flatnonzero(d <= 0)
+        # comparisons, not np.diff: they work for string ids too
+        same = ids[1:] == ids[:-1]
+        bad = np.flatnonzero(same | (ids[1:] < ids[:-1]))
         if bad.size:
             r = int(bad[0]) + 1
             f_idx = int(np.searchsorted(np.cumsum(counts), r, side="right"))
             fname = _display(fs, files[f_idx])
             row = r - (int(np.sum(counts[:f_idx])))
-            if d[r - 1] == 0:
+            if same[r - 1]:
                 raise DatasetError(
                     f"{fname}: duplicate feature row for item id {ids[r]} (row {row}, modality {modality!r})"
                 )
@@ -469,8 +503,9 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     features: dict[str, np.ndarray] = {}
     item_raw_ids: np.ndarray | None = None
     first = ""
+    item_kinds: dict[str, str] = {}  # one id kind across every modality's shards
     for modality, dim in meta.modalities.items():
-        ids, feats = _read_features(fs, path, modality, dim)
+        ids, feats = _read_features(fs, path, modality, dim, item_kinds)
         if item_raw_ids is None:
             item_raw_ids, first = ids, modality
         elif not np.array_equal(ids, item_raw_ids):
@@ -495,16 +530,21 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     if not files:
         raise DatasetError(f"{_display(fs, ifolder)}: no interaction shards ({_SHARD_GLOB})")
 
+    user_kinds: dict[str, str] = {}
+    interaction_item_kinds = dict(item_kinds, where=f"features/{first}/")
+
     def check(sh: _Shard) -> None:
         schema = _check_columns(sh, _INTERACTION_COLUMNS)
-        _check_int_column(sh, schema, "user_id", "int64")
-        _check_int_column(sh, schema, "item_id", "int64")
+        _check_id_column(sh, schema, "user_id", user_kinds)
+        _check_id_column(sh, schema, "item_id", interaction_item_kinds)
         _check_int_column(sh, schema, "split", "int8")
 
     counts = np.array(_scan_shards(fs, files, check), dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_edges = int(offsets[-1])
-    users_raw = np.empty(n_edges, dtype=np.int64)
+    string_users = user_kinds.get("kind") not in (None, INT)
+    # int ids fill one preallocated array; string ids are kept per shard and concatenated once
+    users_raw: np.ndarray | list[np.ndarray] = [] if string_users else np.empty(n_edges, dtype=np.int64)
     items = np.empty(n_edges, dtype=np.int64)
     splits = np.empty(n_edges, dtype=np.int8)
     item_index = _IdIndex(item_raw_ids)
@@ -514,7 +554,11 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
             lo, hi = int(offsets[k]), int(offsets[k]) + table.num_rows
             if table.num_rows != counts[k]:
                 raise DatasetError(f"{sh.name}: read {table.num_rows} rows, footer declares {counts[k]}")
-            users_raw[lo:hi] = _int_numpy(sh, table, "user_id")
+            shard_users = _id_numpy(sh, table, "user_id")
+            if string_users:
+                users_raw.append(shard_users)
+            else:
+                users_raw[lo:hi] = shard_users
             s = _int_numpy(sh, table, "split")
             bad = np.flatnonzero((s < 0) | (s > 2))
             if bad.size:
@@ -524,7 +568,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
                     f"({bad.size} such rows)"
                 )
             splits[lo:hi] = s
-            it_raw = _int_numpy(sh, table, "item_id")
+            it_raw = _id_numpy(sh, table, "item_id")
             idx = item_index(it_raw)
             unknown = np.flatnonzero(idx < 0)
             if unknown.size:
@@ -540,6 +584,8 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
         k = int(np.searchsorted(offsets, global_row, side="right")) - 1
         return f"{_display(fs, files[k])} row {global_row - int(offsets[k])}"
 
+    if string_users:
+        users_raw = np.concatenate(users_raw) if users_raw else np.zeros(0, dtype="<U1")
     user_raw_ids = sorted_unique(users_raw)
     users = _IdIndex(user_raw_ids)(users_raw)
     del users_raw
@@ -639,10 +685,10 @@ def write_dataset(
     """
     if feature_dtype not in ("float32", "float16"):
         raise ValueError(f"feature_dtype must be 'float32' or 'float16', got {feature_dtype!r}")
-    users_raw = np.asarray(users_raw, dtype=np.int64)
-    items_raw = np.asarray(items_raw, dtype=np.int64)
+    users_raw = as_raw_ids(users_raw)
+    items_raw = as_raw_ids(items_raw)
     splits = np.asarray(splits, dtype=np.int8)
-    item_raw_ids = np.asarray(item_raw_ids, dtype=np.int64)
+    item_raw_ids = as_raw_ids(item_raw_ids)
     if not (users_raw.shape == items_raw.shape == splits.shape) or users_raw.ndim != 1:
         raise ValueError(
             f"users_raw, items_raw, splits must be 1-d of equal length, got shapes "
@@ -668,8 +714,8 @@ def write_dataset(
         lo, hi = k * interactions_per_shard, min(n_edges, (k + 1) * interactions_per_shard)
         table = pa.table(
             {
-                "user_id": pa.array(users_raw[lo:hi], pa.int64()),
-                "item_id": pa.array(items_raw[lo:hi], pa.int64()),
+                "user_id": ids_to_arrow(users_raw[lo:hi]),
+                "item_id": ids_to_arrow(items_raw[lo:hi]),
                 "split": pa.array(splits[lo:hi], pa.int8()),
             }
         )
@@ -690,7 +736,7 @@ def write_dataset(
             lo, hi = k * items_per_shard, min(n_items, (k + 1) * items_per_shard)
             vals = np.ascontiguousarray(arr[order[lo:hi]], dtype=np_dtype).reshape(-1)
             emb = pa.FixedSizeListArray.from_arrays(pa.array(vals, pa_dtype), dim)
-            table = pa.table({"item_id": pa.array(sorted_ids[lo:hi], pa.int64()), "embedding": emb})
+            table = pa.table({"item_id": ids_to_arrow(sorted_ids[lo:hi]), "embedding": emb})
             _write_table(
                 fs,
                 posixpath.join(folder, f"part-{k:05d}.parquet"),

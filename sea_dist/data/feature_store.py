@@ -54,10 +54,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sea_dist.data.ids import INT, as_raw_ids, ids_to_numpy, numpy_id_kind
 from sea_dist.data.dataset import (
     DatasetError,
     _check_columns,
-    _check_int_column,
+    _check_id_column,
     _display,
     _is_local,
     _list_shards,
@@ -150,10 +151,11 @@ class FeatureStore:
         self._names: list[str] = []
         lo, hi, rows, nbytes, shard_of, local_of = [], [], [], [], [], []
         value_type = None
+        kinds: dict[str, str] = {}
         for s, f in enumerate(files):
             with _Shard(fs, f) as sh:
                 schema = _check_columns(sh, _COLUMNS)
-                _check_int_column(sh, schema, "item_id", "int64")
+                _check_id_column(sh, schema, "item_id", kinds)
                 t = schema.field("embedding").type
                 if not pa.types.is_fixed_size_list(t) or t.value_type not in (pa.float32(), pa.float16()):
                     raise DatasetError(
@@ -184,7 +186,8 @@ class FeatureStore:
                         continue
                     st = rg.column(id_col).statistics
                     if st is not None and st.has_min_max:
-                        gmin, gmax = int(st.min), int(st.max)
+                        as_id = int if kinds["kind"] == INT else str
+                        gmin, gmax = as_id(st.min), as_id(st.max)
                     else:
                         gmin, gmax = self._ids_without_stats(sh, g, id_col)
                     lo.append(gmin)
@@ -196,8 +199,9 @@ class FeatureStore:
         assert dim is not None
         self.dim = int(dim)
         self.stored_dtype = np.float16 if value_type == pa.float16() else np.float32
-        self._rg_min = np.asarray(lo, dtype=np.int64)
-        self._rg_max = np.asarray(hi, dtype=np.int64)
+        self.id_kind = kinds.get("kind", INT)
+        self._rg_min = as_raw_ids(lo)
+        self._rg_max = as_raw_ids(hi)
         self._rg_rows = np.asarray(rows, dtype=np.int64)
         self._rg_bytes = np.asarray(nbytes, dtype=np.int64)
         self._rg_shard = np.asarray(shard_of, dtype=np.int64)
@@ -220,9 +224,9 @@ class FeatureStore:
     def _ids_without_stats(self, sh: _Shard, g: int, id_col: int) -> tuple[int, int]:
         """Min/max of a row group whose footer lacks statistics: read its (small) id column once."""
         log.warning("%s: row group %d has no item_id statistics; reading its ids to index it", sh.name, g)
-        ids = sh.pf.read_row_group(g, columns=["item_id"]).column("item_id").to_numpy()
+        ids = np.sort(ids_to_numpy(sh.pf.read_row_group(g, columns=["item_id"]).column("item_id")))
         self.stats.bytes_read += int(sh.pf.metadata.row_group(g).column(id_col).total_compressed_size)
-        return int(ids.min()), int(ids.max())
+        return ids[0].item(), ids[-1].item()
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
@@ -239,9 +243,17 @@ class FeatureStore:
         ids = np.asarray(item_ids)
         if ids.ndim != 1:
             ids = ids.reshape(-1)
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"item_ids must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
+        if ids.size:
+            try:
+                kind = numpy_id_kind(ids)
+            except TypeError:
+                kind = None
+            if kind != self.id_kind:
+                raise TypeError(
+                    f"item_ids must be {'integers' if self.id_kind == INT else 'strings'} "
+                    f"(the {self.modality!r} shards' item_id kind), got dtype {ids.dtype}"
+                )
+        ids = as_raw_ids(ids) if ids.size else np.zeros(0, dtype=self._rg_max.dtype)
         out = np.empty((ids.size, self.dim), dtype=np.float32)
         with self._lock:
             self.stats.fetches += 1
@@ -290,7 +302,7 @@ class FeatureStore:
 
     def _missing(self, missing: np.ndarray) -> None:
         raise DatasetError(
-            f"{self.where}: item id {int(missing[0])} has no feature row in modality {self.modality!r}"
+            f"{self.where}: item id {missing[0].item()} has no feature row in modality {self.modality!r}"
             + (f" ({missing.size} requested ids missing, e.g. {missing[:5].tolist()})" if missing.size > 1 else "")
         )
 
@@ -312,7 +324,7 @@ class FeatureStore:
         emb = table.column("embedding")
         if id_col.null_count or emb.null_count:
             raise DatasetError(f"{name}: row group {local} has null item_id or embedding values")
-        gids = id_col.to_numpy()
+        gids = ids_to_numpy(id_col)
         if gids.size > 1 and not (gids[1:] > gids[:-1]).all():
             r = int(np.flatnonzero(gids[1:] <= gids[:-1])[0]) + 1
             raise DatasetError(

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sea_dist.data.ids import as_raw_ids
 from sea_dist.graph.dgl_compat import dgl
 
 log = logging.getLogger(__name__)
@@ -226,12 +227,12 @@ def _side_arrays(
     train_edges = int(np.count_nonzero(ui & inner[dst.numpy()]))
     return {
         "item_global": all_items,
-        "item_raw": item_raw_ids[item_new_to_old[all_items]].astype(np.int64),
+        "item_raw": as_raw_ids(item_raw_ids[item_new_to_old[all_items]]),
         "item_degree": item_degree[item_new_to_old[all_items]],
         "item_inner": np.concatenate([item_inner, np.zeros(len(extra), dtype=bool)]),
         "item_in_dgl": np.array([len(items)], dtype=np.int64),
         "user_global": users,
-        "user_raw": user_raw_ids[user_new_to_old[users]].astype(np.int64),
+        "user_raw": as_raw_ids(user_raw_ids[user_new_to_old[users]]),
         "user_degree": user_degree[user_new_to_old[users]],
         "user_inner": inner[is_user],
         "knn_dst": dst_local.astype(np.int64),

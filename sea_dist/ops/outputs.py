@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from sea_dist.data.dataset import make_filesystem
+from sea_dist.data.ids import ids_to_arrow
 from sea_dist.ops.retry import with_retries
 
 
@@ -23,7 +24,7 @@ def embedding_table(raw_ids: np.ndarray, embeddings: torch.Tensor, id_column: st
     flat = pa.array(values.reshape(-1), type=pa.float32())
     return pa.table(
         {
-            id_column: pa.array(raw_ids.astype(np.int64)),
+            id_column: ids_to_arrow(raw_ids),
             "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
         }
     )

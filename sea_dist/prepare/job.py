@@ -45,6 +45,7 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.data.dataset import DatasetError, load_dataset, make_filesystem
+from sea_dist.data.ids import ids_to_arrow
 from sea_dist.graph.ann import topk_cosine
 from sea_dist.graph.knn import mixed_knn_graph
 from sea_dist.graph.partition import choose_part_method, write_partitions
@@ -288,7 +289,7 @@ def _write_id_maps(scratch, layout, user_raw, item_raw, train_users, train_items
         table = pa.table(
             {
                 name[:-1]: pa.array(np.arange(len(raw), dtype=np.int64)),
-                "raw_id": pa.array(raw[new_to_old].astype(np.int64)),
+                "raw_id": ids_to_arrow(raw[new_to_old]),
                 "train_degree": pa.array(degree[new_to_old].astype(np.int64)),
             }
         )

@@ -2,23 +2,46 @@
 
 A checkpoint holds tensors, numbers, strings and lists/dicts of them only, so loading one
 never unpickles arbitrary objects (a checkpoint in shared storage is untrusted input).
+
+Layout of one checkpoint directory:
+
+* ``state.pt``: what every rank shares (dense network, CLUB, optimizers, progress), written
+  by rank 0;
+* ``rank-NNNNN.pt`` (partitioned mode only): one rank's per-user table shard with its
+  SparseAdam state. Every rank reports its own file and Ray Train merges the workers' files
+  into one directory; on resume each rank reads ``state.pt`` and its own file only, never the
+  other shards (at catalog size a shard is gigabytes).
 """
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 
 import torch
 
 CHECKPOINT_FILE = "state.pt"
 
 
-def save_checkpoint(directory: str, state: dict) -> str:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, CHECKPOINT_FILE)
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def _save(path: str, state: dict) -> str:
     tmp = path + ".tmp"
     torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated state.pt
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated file
     return path
+
+
+def save_checkpoint(directory: str, state: dict) -> str:
+    os.makedirs(directory, exist_ok=True)
+    return _save(os.path.join(directory, CHECKPOINT_FILE), state)
+
+
+def save_rank_checkpoint(directory: str, rank: int, state: dict) -> str:
+    os.makedirs(directory, exist_ok=True)
+    return _save(os.path.join(directory, rank_file(rank)), state)
 
 
 def load_checkpoint(directory: str, map_location="cpu") -> dict:
@@ -26,3 +49,20 @@ def load_checkpoint(directory: str, map_location="cpu") -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} in checkpoint directory {directory}")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_sharded_checkpoint(fs, path: str, rank: int, map_location="cpu") -> dict:
+    """``state.pt`` plus this rank's shard as ``state["rank_state"]``, read through a
+    ``pyarrow.fs`` filesystem (a Ray ``Checkpoint``'s ``filesystem``/``path``), one file each."""
+    import pyarrow.fs as pafs
+
+    def read(name: str) -> dict:
+        where = posixpath.join(path, name)
+        if fs.get_file_info(where).type != pafs.FileType.File:
+            raise FileNotFoundError(f"no {name} in checkpoint directory {path}")
+        with fs.open_input_file(where) as f:
+            return torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+
+    state = read(CHECKPOINT_FILE)
+    state["rank_state"] = read(rank_file(rank))
+    return state

@@ -30,7 +30,7 @@ from sea_dist.ops.metrics import (
     push_run_result,
     worker_port,
 )
-from sea_dist.train.checkpoint import load_checkpoint
+from sea_dist.train.checkpoint import load_checkpoint, load_sharded_checkpoint
 from sea_dist.train.distributed import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,10 @@ def ray_train_worker(loop_config: dict) -> None:
     )
     resume_state = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is not None and cfg.train.partitioned:
+        # only state.pt and this rank's table shard, not every rank's (as_directory would)
+        resume_state = load_sharded_checkpoint(checkpoint.filesystem, checkpoint.path, ctx.rank, device)
+    elif checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume_state = load_checkpoint(directory, map_location=device)
     metrics = _worker_metrics(cfg, str(ctx.rank), context.get_local_rank(), dataset_version)

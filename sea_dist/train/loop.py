@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from sea_dist.config import Config
 from sea_dist.config_cli import config_to_dict
 from sea_dist.data.dataset import Dataset, load_dataset
+from sea_dist.data.ids import ids_to_state
+from sea_dist.train.progress import StepProgress
 from sea_dist.eval.evaluator import Evaluator
 from sea_dist.graph.build import TrainGraph, build_train_graph
 from sea_dist.graph.dgl_compat import dgl
@@ -233,6 +235,7 @@ class Trainer:
             log.info("epoch %d: resuming at step %d of %d", epoch, first_step, steps)
         started, train_s_before = time.monotonic(), times.train_s
         every = cfg.train.checkpoint_every_steps
+        progress = StepProgress(epoch, first_step, steps, cfg.train.progress_every_s if ctx.is_main else 0.0)
         for step in range(first_step, steps):
             loss_rng = self._seed_step(epoch, step)
             users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
@@ -241,6 +244,7 @@ class Trainer:
                 sums[name] += value
             times.edges += len(users)
             times.steps += 1
+            progress.step_done(step, sums["total"] / (step + 1))
             if self.metrics is not None:
                 self.metrics.record_step(len(users), *self._last_step_io)
             if every and (step + 1) % every == 0 and step + 1 < steps:
@@ -429,26 +433,33 @@ class Trainer:
         self._report(dict(self.progress.history[-1], kind="epoch"), checkpoint=want_checkpoint)
 
     def _report(self, metrics: dict, checkpoint: bool) -> None:
-        """Every rank reports (Ray requires the same number of calls); rank 0 attaches the
-        checkpoint."""
+        """Every rank reports (Ray requires the same number of calls); the ranks that
+        :meth:`_attaches_checkpoint` attach what :meth:`_write_checkpoint` wrote."""
         if self.ctx.report is None:
             return
-        if checkpoint and self.ctx.is_main:
-            with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
-                path = save_checkpoint(directory, self.state_dict())
-                if self.metrics is not None:
-                    self.metrics.record_checkpoint(os.path.getsize(path))
-                self.ctx.report(metrics, directory)
-        else:
+        if not (checkpoint and self._attaches_checkpoint()):
             self.ctx.report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
+            size = self._write_checkpoint(directory)
+            if self.metrics is not None:
+                self.metrics.record_checkpoint(size)
+            self.ctx.report(metrics, directory)
+
+    def _attaches_checkpoint(self) -> bool:
+        return self.ctx.is_main  # every rank holds the same state: rank 0's file is enough
+
+    def _write_checkpoint(self, directory: str) -> int:
+        """Write this rank's checkpoint files into ``directory``; their size in bytes."""
+        return os.path.getsize(save_checkpoint(directory, self.state_dict()))
 
     def published_state(self) -> dict:
         """What a later run warm-starts from: the (best) parameters with the raw ids their
         rows belong to; checkpoint-safe types only."""
         state = self.parameters_state()
         state.update(
-            user_raw_ids=torch.from_numpy(np.asarray(self.dataset.user_raw_ids, dtype=np.int64)),
-            item_raw_ids=torch.from_numpy(np.asarray(self.dataset.item_raw_ids, dtype=np.int64)),
+            user_raw_ids=ids_to_state(self.dataset.user_raw_ids),
+            item_raw_ids=ids_to_state(self.dataset.item_raw_ids),
             modalities=list(self.model.modalities),
             mode=self.mode_name,
             # dense-only Adam in sampled mode; full-graph mode's Adam also spans the user tables

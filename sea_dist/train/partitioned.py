@@ -18,13 +18,16 @@ each input comes from:
   partition, the items' are all-gathered, each worker ranks its own users
   (``eval.max_users`` samples them at catalog size).
 
-Left for later (the config rejects them): resuming from checkpoints (the table shards would
-need per-rank checkpoint files) and warm start.
+Checkpoints: rank 0 writes the shared state, every rank its table shard (``rank-NNNNN.pt``),
+Ray Train merges them into one directory; a restarted worker group (``train.max_failures``) or
+``--resume`` reads back each rank's own shard. Left for later (the config rejects it): warm
+start, which would have to translate users between prepared versions shard by shard.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
 import time
 
@@ -35,6 +38,7 @@ import torch
 from sea_dist.config import Config
 from sea_dist.data.dataset import make_filesystem
 from sea_dist.data.feature_store import open_feature_stores
+from sea_dist.data.ids import ids_to_numpy
 from sea_dist.eval.evaluator import Evaluator
 from sea_dist.graph.build import TrainGraph
 from sea_dist.graph.partition import load_local_partition
@@ -45,6 +49,7 @@ from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.redact import redact_uri
 from sea_dist.ops.retry import with_retries
 from sea_dist.prepare.job import load_prepared
+from sea_dist.train.checkpoint import save_checkpoint, save_rank_checkpoint
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import NegativeSampler
 from sea_dist.train.loop import EpochTimes, Trainer, peak_rss_mb
@@ -309,9 +314,51 @@ class PartitionedTrainer(Trainer):
     def item_degree_of(self, items: np.ndarray) -> np.ndarray:
         return self.evaluator.popularity_counts[np.asarray(items, dtype=np.int64)].astype(np.int64)
 
-    def _report(self, metrics: dict, checkpoint: bool) -> None:
-        # table shards live on every rank: rank 0's checkpoint alone could not resume the run
-        super()._report(metrics, checkpoint=False)
+    # ---- checkpoints: state.pt from rank 0, a table-shard file from every rank --------------
+    def _attaches_checkpoint(self) -> bool:
+        return True  # each rank holds rows no other rank has
+
+    def _write_checkpoint(self, directory: str) -> int:
+        """This rank's shard file, plus the shared ``state.pt`` on rank 0; Ray Train merges the
+        workers' files into one checkpoint directory (``sea_dist.train.checkpoint``)."""
+        size = os.path.getsize(save_rank_checkpoint(directory, self.ctx.rank, self.rank_state_dict()))
+        if self.ctx.is_main:
+            size += os.path.getsize(save_checkpoint(directory, self.state_dict()))
+        return size
+
+    def state_dict(self) -> dict:
+        """What the ranks share; the table shards go to :meth:`rank_state_dict`."""
+        state = super().state_dict()
+        state["tables"] = {}
+        state["best_state"] = {k: v for k, v in (self.best_state or {}).items() if k != "tables"}
+        return state
+
+    def rank_state_dict(self) -> dict:
+        return {
+            "rank": self.ctx.rank,
+            "world_size": self.ctx.world_size,
+            "prepared_version": self.manifest["version"],
+            "tables": self.tables.state_dict(),
+            "best_tables": (self.best_state or {}).get("tables", {}),
+        }
+
+    def load_state(self, state: dict) -> None:
+        mine = state.get("rank_state")
+        where = f"checkpoint for rank {self.ctx.rank}"
+        if not mine:
+            raise ValueError(f"{where}: no table shard (a partitioned run checkpoints one per rank)")
+        if (mine["rank"], mine["world_size"]) != (self.ctx.rank, self.ctx.world_size):
+            raise ValueError(
+                f"{where}: the shard is rank {mine['rank']} of {mine['world_size']}, this worker is "
+                f"rank {self.ctx.rank} of {self.ctx.world_size}"
+            )
+        if mine["prepared_version"] != self.manifest["version"]:
+            raise ValueError(
+                f"{where}: written for prepared version {mine['prepared_version']}, this run trains "
+                f"{self.manifest['version']} (other partitions, other table rows)"
+            )
+        best = dict(state["best_state"], tables=mine["best_tables"]) if state["best_state"] else {}
+        super().load_state(dict(state, tables=mine["tables"], best_state=best))
 
     def summary(self, totals: EpochTimes, wall_s: float) -> dict:
         steps = max(totals.steps, 1)
@@ -396,8 +443,9 @@ class PartitionedTrainer(Trainer):
         publish_id = ctx.broadcast_object(publisher.new_publish_id(cfg.train.run_name) if ctx.is_main else None)
         staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
         if cfg.output.write_embeddings:
-            if self.best_state is not None:
+            if self.best_state is not None:  # the best epoch's network and this rank's rows
                 self.model.load_state_dict(self.best_state["model"])
+                self.tables.load_state_dict(self.best_state["tables"])
             user_rep, item_rep = self.embeddings()
             own_users = self._own(self.part.user_inner, self.part.user_global)
             staged.write_embeddings("users", self.part.user_raw[own_users], user_rep, name_prefix=f"r{ctx.rank:04d}-")
@@ -411,4 +459,4 @@ class PartitionedTrainer(Trainer):
     def _item_raw_ids(self) -> np.ndarray:
         fs, path = make_filesystem(self.prepared.uri, self.cfg.data.s3_endpoint_url)
         with fs.open(posixpath.join(path, "id_maps", "items.parquet"), "rb") as f:
-            return pq.read_table(f, columns=["raw_id"]).column("raw_id").to_numpy()
+            return ids_to_numpy(pq.read_table(f, columns=["raw_id"]).column("raw_id"))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sea_dist.data.dataset import DatasetError
+from sea_dist.data.ids import ids_from_state, numpy_id_kind, same_kind
 from sea_dist.ops.publish import Publisher
 from sea_dist.ops.retry import with_retries
 
@@ -91,7 +92,13 @@ def apply_warm_start(trainer, published: dict) -> dict:
     except RuntimeError as error:
         raise WarmStartError(f"warm start: the published model does not fit this config: {error}") from None
 
-    old_rows = _index_in(published["user_raw_ids"].numpy(), dataset.user_raw_ids)
+    old_ids = ids_from_state(published["user_raw_ids"])
+    if len(old_ids) and dataset.n_users and not same_kind(old_ids, dataset.user_raw_ids):
+        raise WarmStartError(
+            f"warm start: the published model's user ids are {numpy_id_kind(old_ids)}s, this dataset's "
+            f"are {numpy_id_kind(dataset.user_raw_ids)}s; rows cannot be matched"
+        )
+    old_rows = _index_in(old_ids, dataset.user_raw_ids)
     kept = np.flatnonzero(old_rows >= 0)
     new = np.flatnonzero(old_rows < 0)
     kept_t = torch.from_numpy(kept)

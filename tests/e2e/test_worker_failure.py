@@ -32,12 +32,12 @@ def _train_workers(temp_dir):
     return workers
 
 
-def _run(root, out, kill_after_epoch0=False):
+def _run(root, out, kill_after_epoch0=False, extra=()):
     temp_dir = tempfile.mkdtemp(prefix="sea_ray_", dir="/tmp")
     env = dict(os.environ, SEA_DIST_RAY_TMPDIR=temp_dir, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), f"data.root={root}", *ARGS],
+        [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), f"data.root={root}", *ARGS, *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines, killed = [], {}
@@ -75,3 +75,24 @@ def test_killed_worker_resumes_from_checkpoint(tiny_root, tmp_path):
     a, b = clean["valid"]["recall@20"], summary["valid"]["recall@20"]
     assert abs(a - b) <= 0.02 * a, (a, b)
     print(f"worker killed; resumed at step {resumed[0]} of epoch 1; valid recall@20 clean {a:.5f} vs killed {b:.5f}")
+
+
+@pytest.mark.slow
+def test_killed_partitioned_worker_resumes_from_its_table_shard(tiny_root, tmp_path):
+    """Partitioned mode: every rank checkpoints its own table shard, Ray Train merges them, and
+    the restarted group reads back state.pt plus each rank's own shard."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("prepared"))
+    rc, log, killed = _run(root, tmp_path / "killed", kill_after_epoch0=True, extra=["train.partitioned=true"])
+    assert killed, "no RayTrainWorker process found to kill"
+    assert rc == 0, log[-5000:]
+    assert re.findall(r"resuming at step (\d+)", log), "no mid-epoch resume:\n" + log[-3000:]
+    summary = published_summary(tmp_path / "killed")
+    assert summary["mode"] == "partitioned" and summary["epochs_run"] == 3
+    assert summary["valid"]["recall@20"] > 0
+    checkpoints = [d for d, _, files in os.walk(tmp_path / "killed" / "checkpoints") if "state.pt" in files]
+    assert checkpoints and all(
+        {"rank-00000.pt", "rank-00001.pt"} <= set(os.listdir(d)) for d in checkpoints
+    ), "a checkpoint without every rank's table shard"

@@ -119,6 +119,48 @@ def test_hand_built_dataset_loads_with_mapped_ids(tmp_path: Path) -> None:
     assert load_meta(str(tmp_path)) == ds.meta
 
 
+def test_string_ids_load_in_code_point_order_and_map_back(tmp_path: Path) -> None:
+    """SKU-style item ids and string user ids: lexicographic, not numeric, order ("sku-100" <
+    "sku-20"), every pair maps back, shards and row groups of any size."""
+    sku = {10: "sku-9", 20: "sku-10", 30: "sku-200", 40: "sku-3", 50: "b-1"}
+    users = np.array([f"user:{u}" for u in USERS])
+    items = np.array([sku[i] for i in ITEMS])
+    item_ids = np.array([sku[i] for i in ITEM_IDS])
+    write_dataset(
+        str(tmp_path), DatasetMeta.from_dict(META), users, items, SPLITS, FEATS, item_ids,
+        interactions_per_shard=4, items_per_shard=2, row_group_size=1,
+    )
+    assert pq.ParquetFile(tmp_path / "features" / "a" / "part-00000.parquet").schema_arrow.field("item_id").type == pa.string()
+    ds = load_dataset(str(tmp_path))
+    assert ds.user_raw_ids.tolist() == ["user:3", "user:7", "user:9"]
+    assert ds.item_raw_ids.tolist() == ["b-1", "sku-10", "sku-200", "sku-3", "sku-9"]
+    assert ds.user_raw_ids[ds.users].tolist() == users.tolist()
+    assert ds.item_raw_ids[ds.items].tolist() == items.tolist()
+    # features follow their ids through the writer's sort
+    order = np.argsort(item_ids)
+    np.testing.assert_array_equal(ds.features["a"], FEATS["a"][order])
+
+
+def test_string_user_ids_with_int_item_ids(tmp_path: Path) -> None:
+    make_good(tmp_path)
+    table = pa.table({"user_id": [f"u{u}" for u in USERS], "item_id": ITEMS, "split": pa.array(SPLITS, pa.int8())})
+    write_interactions(tmp_path, table=table)
+    ds = load_dataset(str(tmp_path))
+    assert ds.user_raw_ids.tolist() == ["u3", "u7", "u9"] and ds.item_raw_ids.tolist() == [10, 20, 30, 40, 50]
+
+
+def test_string_feature_ids_out_of_order_or_of_mixed_kinds_are_refused(tmp_path: Path) -> None:
+    make_good(tmp_path)
+    str_ids = pa.array(["i10", "i20", "i40", "i30", "i50"])  # i40 before i30
+    values = pa.array(FEATS["a"].reshape(-1), pa.float32())
+    write_features(tmp_path, "a", table=pa.table({"item_id": str_ids, "embedding": pa.FixedSizeListArray.from_arrays(values, 4)}))
+    expect_error(tmp_path, "not sorted by item_id", "item id i30")
+    ok = pa.array(["i10", "i20", "i30", "i40", "i50"])
+    write_features(tmp_path, "a", table=pa.table({"item_id": ok, "embedding": pa.FixedSizeListArray.from_arrays(values, 4)}))
+    f = tmp_path / "features" / "b" / "part-00000.parquet"
+    expect_error(tmp_path, str(f), "'item_id'", "int ids", "str ids")  # modality b still has int ids
+
+
 def test_write_then_load_round_trip_with_shuffled_items_and_many_shards(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     perm = rng.permutation(5)  # writer must sort feature rows by item id
@@ -253,9 +295,16 @@ def test_wrong_interaction_column_name(tmp_path: Path) -> None:
 
 def test_wrong_interaction_column_type(tmp_path: Path) -> None:
     make_good(tmp_path)
+    bad = pa.table({"user_id": USERS, "item_id": ITEMS.astype(np.float64), "split": pa.array(SPLITS, pa.int8())})
+    f = write_interactions(tmp_path, table=bad)
+    expect_error(tmp_path, str(f), "'item_id'", "type double", "int64 or string")
+
+
+def test_interaction_item_ids_of_another_kind_than_the_features(tmp_path: Path) -> None:
+    make_good(tmp_path)
     bad = pa.table({"user_id": USERS, "item_id": [str(x) for x in ITEMS], "split": pa.array(SPLITS, pa.int8())})
     f = write_interactions(tmp_path, table=bad)
-    expect_error(tmp_path, str(f), "'item_id'", "type string", "int64")
+    expect_error(tmp_path, str(f), "'item_id'", "str ids", "features/a/", "int ids")
 
 
 def test_wrong_embedding_type(tmp_path: Path) -> None:

@@ -112,8 +112,22 @@ def test_sharded_and_replicated_tables_train_the_same_model(prepared, tmp_path):
     assert all(v > 0 for v in part["partition_bytes_read_per_worker"])
 
 
-def test_partitioned_run_evaluates_and_exports_every_user(prepared, tmp_path):
-    root, prep = prepared
+@pytest.fixture(scope="module")
+def prepared_string_ids(tmp_path_factory):
+    from tests.string_ids import write_string_id_synthetic
+
+    root = str(tmp_path_factory.mktemp("ds-str") / "data")
+    spec = SyntheticSpec(n_users=400, n_items=150, n_interactions=6000, modalities={"image": 24, "text": 12})
+    users, items = write_string_id_synthetic(spec, root)
+    return root, run_prepare(_config(root, "", "sharded")), users, items
+
+
+@pytest.mark.parametrize("ids", ["int", "str"])
+def test_partitioned_run_evaluates_and_exports_every_user(ids, request, tmp_path):
+    if ids == "str":  # SKU-like string ids end to end: features by string key, string ids out
+        root, prep, raw_users, raw_items = request.getfixturevalue("prepared_string_ids")
+    else:
+        root, prep = request.getfixturevalue("prepared")
     cfg = _config(root, str(tmp_path / "out"), "sharded", prep.uri)
     results = run_distributed(_train, 2, _flat(cfg))
     summary = results[0]["summary"]
@@ -126,6 +140,83 @@ def test_partitioned_run_evaluates_and_exports_every_user(prepared, tmp_path):
     items = pq.read_table(run_dir / "embeddings" / "items").column("item_id").to_numpy()
     assert len(users) == len(np.unique(users)) == prep.manifest["dataset"]["n_users"]
     assert len(items) == prep.manifest["dataset"]["n_items"]
+    if ids == "str":
+        assert sorted(users.astype(str).tolist()) == sorted(raw_users.tolist())
+        assert sorted(items.astype(str).tolist()) == sorted(raw_items.tolist())
     part = summary["partition"]
     assert all(v > 0 for v in part["feature_bytes_read_per_epoch_per_worker"])
     assert all(0.0 < v <= 1.0 for v in part["feature_cache_hit_ratio_per_worker"])
+
+
+def _train_with_checkpoints(rank: int, world: int, cfg_dict: dict, ckpt_root: str, resume_from: str) -> dict:
+    """Train with a report() that merges every rank's checkpoint files into one directory per
+    report (what Ray Train does), optionally resuming from one such directory."""
+    import shutil
+
+    import pyarrow.fs as pafs
+    import torch
+
+    from sea_dist.train.checkpoint import load_sharded_checkpoint
+    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.train.partitioned import PartitionedTrainer
+
+    torch.set_num_threads(1)
+    calls = {"n": 0}
+
+    def report(metrics: dict, directory: str | None) -> None:
+        calls["n"] += 1
+        if directory is not None:
+            target = os.path.join(ckpt_root, f"{calls['n']:03d}-{metrics.get('kind')}-e{metrics.get('epoch')}")
+            shutil.copytree(directory, target, dirs_exist_ok=True)
+        torch.distributed.barrier()  # Ray's report is a barrier too
+
+    cfg = apply_overrides(Config(), cfg_dict)
+    state = load_sharded_checkpoint(pafs.LocalFileSystem(), resume_from, rank) if resume_from else None
+    trainer = PartitionedTrainer(cfg, WorkerContext.from_process_group(report=report), resume_state=state)
+    trainer.fit()
+    return {
+        "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+        "tables": trainer.tables.gather_full(),
+        "history": trainer.progress.history,
+    }
+
+
+def test_partitioned_checkpoint_resumes_to_the_uninterrupted_run(prepared, tmp_path):
+    root, prep = prepared
+    cfg = _config(root, str(tmp_path / "a"), "sharded", prep.uri)
+    cfg.train.checkpoint_every_steps = 2
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    full = run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(ckpts), "")
+    saved = sorted(os.listdir(ckpts))
+    mid = next(d for d in saved if d.endswith("-step-e1"))  # half-way through the second epoch
+    assert sorted(os.listdir(ckpts / mid)) == ["rank-00000.pt", "rank-00001.pt", "state.pt"]
+
+    cfg_b = _config(root, str(tmp_path / "b"), "sharded", prep.uri)
+    cfg_b.train.checkpoint_every_steps = 2
+    (tmp_path / "ckpts-b").mkdir()
+    resumed = run_distributed(_train_with_checkpoints, 2, _flat(cfg_b), str(tmp_path / "ckpts-b"), str(ckpts / mid))
+    for name, value in full[0]["tables"].items():
+        assert torch.equal(resumed[0]["tables"][name], value), name
+    for rank in range(2):
+        for name, value in full[rank]["model"].items():
+            assert torch.equal(resumed[rank]["model"][name], value), name
+    assert resumed[0]["history"][-1]["valid"] == full[0]["history"][-1]["valid"]
+    assert len(resumed[0]["history"]) == len(full[0]["history"]) == 2
+
+
+def test_partitioned_checkpoint_refuses_another_world(prepared, tmp_path):
+    from sea_dist.train.checkpoint import load_sharded_checkpoint  # noqa: F401  (the reader used on resume)
+
+    root, prep = prepared
+    cfg = _config(root, str(tmp_path / "a"), "sharded", prep.uri)
+    cfg.train.epochs = 1
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(ckpts), "")
+    epoch_ckpt = ckpts / sorted(os.listdir(ckpts))[-1]
+    # rank 1's shard offered to rank 0: a clear error, not silently wrong rows
+    os.replace(epoch_ckpt / "rank-00000.pt", epoch_ckpt / "rank-00000.bak")
+    os.link(epoch_ckpt / "rank-00001.pt", epoch_ckpt / "rank-00000.pt")
+    with pytest.raises(AssertionError, match="the shard is rank 1 of 2, this worker is rank 0 of 2"):
+        run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(tmp_path), str(epoch_ckpt))

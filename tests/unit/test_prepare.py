@@ -159,3 +159,29 @@ def test_random_partitions_are_reproducible(root, tmp_path):
     again = run_prepare(_cfg(root, **{"prepare.part_method": "random", "prepare.force": True}))
     assert again.uri == a.uri and not again.reused
     assert again.manifest["partitions"]["parts"] == first
+
+
+def test_string_ids_prepare_id_maps_and_partitions(tmp_path):
+    from tests.string_ids import write_string_id_synthetic
+
+    root = str(tmp_path / "strings")
+    users, items = write_string_id_synthetic(SPEC, root)
+    prepared = run_prepare(_cfg(root))
+    fs = fsspec.filesystem("file")
+    maps = {
+        kind: pq.read_table(os.path.join(prepared.uri, "id_maps", f"{kind}.parquet"))
+        for kind in ("users", "items")
+    }
+    assert str(maps["items"].schema.field("raw_id").type) == "string"
+    user_map = maps["users"].column("raw_id").to_numpy(zero_copy_only=False).astype(str)
+    item_map = maps["items"].column("raw_id").to_numpy(zero_copy_only=False).astype(str)
+    assert sorted(user_map.tolist()) == sorted(users.tolist()) and sorted(item_map.tolist()) == sorted(items.tolist())
+    own = []
+    for part in (0, 1):
+        lp = load_local_partition(fs, prepared.uri, part)
+        assert lp.item_raw.dtype.kind == "U" and lp.user_raw.dtype.kind == "U"
+        # the side file's raw ids agree with the maps serving will use
+        assert (item_map[lp.item_global] == lp.item_raw).all()
+        assert (user_map[lp.user_global] == lp.user_raw).all()
+        own += lp.user_raw[lp.user_inner].tolist()
+    assert sorted(own) == sorted(users.tolist())  # every user owned exactly once

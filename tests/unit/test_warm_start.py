@@ -100,3 +100,32 @@ def test_warm_start_rejects_a_different_model(days, tmp_path):
     cfg.model.embedding_dim = 32
     with pytest.raises(WarmStartError, match="does not fit"):
         Trainer(cfg, WorkerContext())
+
+
+def test_string_ids_publish_and_warm_start(days, tmp_path):
+    """A catalog keyed by strings: the published model carries string ids (a list, which
+    ``weights_only`` loading accepts), warm start matches users by them, and a model published
+    with int ids cannot be matched against string ids."""
+    import pyarrow.parquet as pq
+
+    from tests.string_ids import write_string_id_synthetic
+
+    day1 = str(tmp_path / "str-day1")
+    users, items = write_string_id_synthetic(SPEC, day1)
+    out = tmp_path / "str-models"
+    cfg = _cfg(day1, out)
+    cfg.output.write_embeddings = True
+    launcher.run(cfg)
+    published = load_published_model(str(out))
+    assert isinstance(published["user_raw_ids"], list) and sorted(published["user_raw_ids"]) == sorted(users.tolist())
+    exported = pq.read_table(f"{published['source']}/embeddings/items")
+    assert sorted(exported.column("item_id").to_pylist()) == sorted(items.tolist())
+
+    trainer = Trainer(_cfg(day1, out, warm_start="latest"), WorkerContext())
+    assert trainer.warm_start_report["kept_users"] == len(users) and trainer.warm_start_report["new_users"] == 0
+    row = 5
+    old_row = published["user_raw_ids"].index(str(trainer.dataset.user_raw_ids[row]))
+    assert torch.equal(trainer.tables.preferences["image"].weight[row], published["tables"]["preferences.image.weight"][old_row])
+
+    with pytest.raises(WarmStartError, match="user ids are strs, this dataset's are ints"):
+        Trainer(_cfg(days[0], tmp_path / "int-run", warm_start=str(out)), WorkerContext())
