@@ -359,6 +359,8 @@ def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
         return ids_to_numpy(col)
     except pa.ArrowInvalid as e:
         raise DatasetError(f"{shard.name}: column {column!r} does not fit int64 ({e})") from e
+    except ValueError as e:
+        raise DatasetError(f"{shard.name}: column {column!r}: {e}") from e
 
 
 def _int_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:

@@ -185,10 +185,12 @@ class FeatureStore:
                     if rg.num_rows == 0:
                         continue
                     st = rg.column(id_col).statistics
-                    if st is not None and st.has_min_max:
+                    try:
+                        if st is None or not st.has_min_max:
+                            raise ValueError("no statistics")
                         as_id = int if kinds["kind"] == INT else str
                         gmin, gmax = as_id(st.min), as_id(st.max)
-                    else:
+                    except (ValueError, UnicodeDecodeError):  # absent, or a truncated string bound
                         gmin, gmax = self._ids_without_stats(sh, g, id_col)
                     lo.append(gmin)
                     hi.append(gmax)
@@ -209,6 +211,8 @@ class FeatureStore:
         self.num_rows = int(self._rg_rows.sum())
         self.num_row_groups = int(self._rg_rows.size)
         self.total_bytes = int(self._rg_bytes.sum())
+        if self.num_row_groups and self.id_kind != INT:
+            self._exact_string_bounds()
         if self.num_row_groups:
             bad = np.flatnonzero(self._rg_min > self._rg_max)
             bad = bad if bad.size else np.flatnonzero(self._rg_min[1:] <= self._rg_max[:-1]) + 1
@@ -221,9 +225,26 @@ class FeatureStore:
                     f"(modality {self.modality!r}; shards must be sorted and concatenate in name order)"
                 )
 
+    def _exact_string_bounds(self) -> None:
+        """Some writers truncate string statistics (parquet-rs: 64 bytes): still valid bounds,
+        but neighbouring row groups with a common prefix then seem to overlap, and a lookup
+        could pick the wrong one. Where neighbours touch, read their ids for exact bounds."""
+        touching = np.flatnonzero(self._rg_min[1:] <= self._rg_max[:-1])
+        groups = sorted(set(touching.tolist()) | set((touching + 1).tolist()))
+        if not groups:
+            return
+        lo, hi = self._rg_min.tolist(), self._rg_max.tolist()
+        for g in groups:
+            s, local = int(self._rg_shard[g]), int(self._rg_local[g])
+            with _Shard(self.fs, self.files[s]) as sh:
+                md = sh.pf.metadata
+                id_col = next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
+                lo[g], hi[g] = self._ids_without_stats(sh, local, id_col)
+        self._rg_min, self._rg_max = as_raw_ids(lo), as_raw_ids(hi)
+
     def _ids_without_stats(self, sh: _Shard, g: int, id_col: int) -> tuple[int, int]:
-        """Min/max of a row group whose footer lacks statistics: read its (small) id column once."""
-        log.warning("%s: row group %d has no item_id statistics; reading its ids to index it", sh.name, g)
+        """Min/max of a row group whose footer lacks (exact) statistics: read its id column once."""
+        log.warning("%s: row group %d has no exact item_id statistics; reading its ids to index it", sh.name, g)
         ids = np.sort(ids_to_numpy(sh.pf.read_row_group(g, columns=["item_id"]).column("item_id")))
         self.stats.bytes_read += int(sh.pf.metadata.row_group(g).column(id_col).total_compressed_size)
         return ids[0].item(), ids[-1].item()
@@ -324,7 +345,10 @@ class FeatureStore:
         emb = table.column("embedding")
         if id_col.null_count or emb.null_count:
             raise DatasetError(f"{name}: row group {local} has null item_id or embedding values")
-        gids = ids_to_numpy(id_col)
+        try:
+            gids = ids_to_numpy(id_col)
+        except (pa.ArrowInvalid, ValueError) as e:
+            raise DatasetError(f"{name}: row group {local}: bad item_id values ({e})") from e
         if gids.size > 1 and not (gids[1:] > gids[:-1]).all():
             r = int(np.flatnonzero(gids[1:] <= gids[:-1])[0]) + 1
             raise DatasetError(

@@ -35,11 +35,31 @@ def arrow_id_kind(t: pa.DataType) -> str | None:
 
 
 def numpy_id_kind(ids: np.ndarray) -> str:
+    """``"int"`` or ``"str"``; object arrays are judged by their contents (pandas hands over
+    ints as objects, and those must not turn into the strings "123")."""
     if ids.dtype.kind in "iu":
         return INT
-    if ids.dtype.kind in "UO":
+    if ids.dtype.kind == "U":
         return STR
+    if ids.dtype.kind == "O":
+        if all(isinstance(v, str) for v in ids.flat):
+            return STR
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids.flat):
+            return INT
+        raise TypeError("raw ids must be all integers or all strings; this object array mixes them")
     raise TypeError(f"raw ids must be integers or strings, got dtype {ids.dtype}")
+
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _checked_int64(arr: np.ndarray) -> np.ndarray:
+    """Integers as int64; values beyond int64 (uint64 above 2**63) raise instead of wrapping."""
+    if arr.dtype == np.int64:
+        return arr
+    if arr.size and (arr.dtype.kind == "u" or arr.dtype.kind == "O") and int(arr.max()) > _INT64_MAX:
+        raise OverflowError(f"raw id {int(arr.max())} does not fit int64")
+    return arr.astype(np.int64)
 
 
 def ids_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -53,6 +73,9 @@ def ids_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
             column = pc.cast(column, pa.int64())
         return np.asarray(column.to_numpy())
     if kind == STR:
+        # numpy unicode arrays drop trailing NULs: "a" and "a\0" would become one id
+        if len(column) and pc.any(pc.match_substring(column, "\x00")).as_py():
+            raise ValueError("string ids must not contain NUL characters")
         values = column.to_numpy(zero_copy_only=False)
         return values.astype(str) if len(values) else np.zeros(0, dtype="<U1")
     raise TypeError(f"column type {column.type} cannot hold raw ids (integers or strings)")
@@ -64,7 +87,7 @@ def as_raw_ids(values) -> np.ndarray:
     if arr.size == 0 and arr.dtype.kind not in "iuUO":
         return np.zeros(0, dtype=np.int64)
     if numpy_id_kind(arr) == INT:
-        return arr.astype(np.int64, copy=False)
+        return _checked_int64(arr)
     return arr.astype(str)
 
 

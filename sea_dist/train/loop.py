@@ -502,15 +502,22 @@ class Trainer:
             setattr(totals, name, getattr(totals, name) + getattr(times, name))
 
     # ---- outputs ------------------------------------------------------------------------
+    def _restore_best(self) -> None:
+        """Put the best epoch's network and table rows back (what is reported and exported)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state["model"])
+            self._load_table_rows(self.best_state["tables"])
+
+    def _load_table_rows(self, state: dict) -> None:
+        self.tables.load_state_dict(state)
+
     def summary(self, totals: EpochTimes, wall_s: float) -> dict:
         """Final metrics; every rank takes part in the gathers, rank 0 gets the result."""
         p, ctx = self.progress, self.ctx
         popularity = self.evaluator.popularity("test")
         rss = ctx.all_gather_rows(torch.tensor([[peak_rss_mb()]], dtype=torch.float64))
         edges = ctx.all_gather_rows(torch.tensor([[float(totals.edges)]], dtype=torch.float64))
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state["model"])
-            self.tables.load_state_dict(self.best_state["tables"])
+        self._restore_best()
         epochs_here = max(self.epochs_trained_here, 1)
         train_s = max(totals.train_s, 1e-9)
         return {

@@ -30,6 +30,7 @@ import math
 import os
 import posixpath
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -333,11 +334,28 @@ class PartitionedTrainer(Trainer):
         state["best_state"] = {k: v for k, v in (self.best_state or {}).items() if k != "tables"}
         return state
 
+    def parameters_state(self) -> dict:
+        """As the base class, with the table rows only: the best epoch's copy needs no
+        SparseAdam moments (which would triple it, in memory and in every checkpoint)."""
+        return dict(super().parameters_state(), tables=self.tables.rows_state())
+
+    def _load_table_rows(self, state: dict) -> None:
+        self.tables.load_rows(state)
+
+    def _checkpoint_stamp(self, progress: dict) -> list:
+        """Which report a file belongs to: a shard must come from the same one as ``state.pt``."""
+        partial = progress.get("partial_epoch") or {}
+        return [progress["next_epoch"], partial.get("epoch", -1), partial.get("next_step", -1)]
+
     def rank_state_dict(self) -> dict:
+        progress = asdict(self.progress)
         return {
             "rank": self.ctx.rank,
             "world_size": self.ctx.world_size,
             "prepared_version": self.manifest["version"],
+            "stamp": self._checkpoint_stamp(progress),
+            # this rank's own loss sums and timings of a half-done epoch (rank 0's are in state.pt)
+            "partial_epoch": progress["partial_epoch"],
             "tables": self.tables.state_dict(),
             "best_tables": (self.best_state or {}).get("tables", {}),
         }
@@ -357,8 +375,15 @@ class PartitionedTrainer(Trainer):
                 f"{where}: written for prepared version {mine['prepared_version']}, this run trains "
                 f"{self.manifest['version']} (other partitions, other table rows)"
             )
+        if list(mine["stamp"]) != self._checkpoint_stamp(state["progress"]):
+            raise ValueError(
+                f"{where}: the shard and state.pt come from different reports (next epoch, epoch, "
+                f"step: {list(mine['stamp'])} vs {self._checkpoint_stamp(state['progress'])}); "
+                "a mixed-up checkpoint directory"
+            )
         best = dict(state["best_state"], tables=mine["best_tables"]) if state["best_state"] else {}
         super().load_state(dict(state, tables=mine["tables"], best_state=best))
+        self.progress.partial_epoch = mine["partial_epoch"]
 
     def summary(self, totals: EpochTimes, wall_s: float) -> dict:
         steps = max(totals.steps, 1)
@@ -443,9 +468,7 @@ class PartitionedTrainer(Trainer):
         publish_id = ctx.broadcast_object(publisher.new_publish_id(cfg.train.run_name) if ctx.is_main else None)
         staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
         if cfg.output.write_embeddings:
-            if self.best_state is not None:  # the best epoch's network and this rank's rows
-                self.model.load_state_dict(self.best_state["model"])
-                self.tables.load_state_dict(self.best_state["tables"])
+            self._restore_best()  # summary() did too; write_outputs may be called alone
             user_rep, item_rep = self.embeddings()
             own_users = self._own(self.part.user_inner, self.part.user_global)
             staged.write_embeddings("users", self.part.user_raw[own_users], user_rep, name_prefix=f"r{ctx.rank:04d}-")

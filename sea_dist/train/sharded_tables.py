@@ -188,6 +188,8 @@ class UserTableStore(Protocol):
     def zero_grad(self) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+    def rows_state(self) -> dict: ...
+    def load_rows(self, state: dict) -> None: ...
     def gather_full(self) -> dict[str, torch.Tensor] | None: ...
 
 
@@ -222,6 +224,21 @@ class _SparseAdamTables:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def rows_state(self) -> dict:
+        """The rows only, without optimizer state (the best epoch's copy needs no moments:
+        a third of the memory and of its checkpoint bytes)."""
+        raise NotImplementedError
+
+    def load_rows(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return dict(self.rows_state(), optimizer=self.optimizer.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_rows(state)
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class ShardedTables(_SparseAdamTables):
@@ -369,22 +386,18 @@ class ShardedTables(_SparseAdamTables):
             table.weight.grad = (grad if table.weight.grad is None else table.weight.grad + grad).coalesce()
 
     # -- checkpoints and export
-    def state_dict(self) -> dict:
-        """This rank's shard only: rows, SparseAdam state and the bounds it was cut with."""
-        return {
-            "bounds": self.bounds_list,
-            "tables": self.local.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
+    def rows_state(self) -> dict:
+        """This rank's shard only (:meth:`state_dict` adds its SparseAdam state) and the
+        bounds it was cut with."""
+        return {"bounds": self.bounds_list, "tables": self.local.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_rows(self, state: dict) -> None:
         if list(state["bounds"]) != self.bounds_list:
             raise ValueError(
                 f"checkpoint shard bounds {state['bounds']} differ from {self.bounds_list}: resharding "
                 "needs gather_full() and load_full_tables() (small tables only)"
             )
         self.local.load_state_dict(state["tables"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def load_full_tables(self, full: dict[str, torch.Tensor]) -> None:
         """Take this rank's rows from a full ``UserTables`` state dict (warm start, resharding;
@@ -453,12 +466,11 @@ class ReplicatedTables(_SparseAdamTables):
             self.traffic.bytes_sent += own * peers * row_bytes
             self.traffic.bytes_received += (total - own) * row_bytes
 
-    def state_dict(self) -> dict:
-        return {"tables": self.tables.state_dict(), "optimizer": self.optimizer.state_dict()}
+    def rows_state(self) -> dict:
+        return {"tables": self.tables.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_rows(self, state: dict) -> None:
         self.tables.load_state_dict(state["tables"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def load_full_tables(self, full: dict[str, torch.Tensor]) -> None:
         self.tables.load_state_dict(full)

@@ -69,6 +69,8 @@ def load_published_model(output_dir: str, s3_endpoint_url: str = "") -> dict:
 
 def _index_in(old_ids: np.ndarray, new_ids: np.ndarray) -> np.ndarray:
     """For each new id, its row in ``old_ids`` or -1."""
+    if len(old_ids) == 0:
+        return np.full(len(new_ids), -1, dtype=np.int64)
     order = np.argsort(old_ids, kind="stable")
     sorted_ids = old_ids[order]
     pos = np.searchsorted(sorted_ids, new_ids)

@@ -191,3 +191,24 @@ def test_string_item_ids_on_s3(moto_s3):
     with pytest.raises(TypeError, match="must be strings"):
         store.fetch(np.array([1, 2]))
     store.close()
+
+
+def test_string_ids_without_statistics_and_with_loose_bounds(tmp_path):
+    """Row groups whose footer has no string statistics are indexed by reading their ids;
+    bounds that only bracket the ids (truncated statistics) are tightened where neighbours
+    would touch, so lookups pick the right row group."""
+    ids = np.array([f"sku-{i:04d}" for i in range(64)])
+    feats = _features()["img"][:64]
+    folder = tmp_path / "ds" / "features" / "img"
+    folder.mkdir(parents=True)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1), pa.float32()), DIM)
+    pq.write_table(pa.table({"item_id": ids, "embedding": emb}), folder / "part-00000.parquet",
+                   row_group_size=16, write_statistics=False)
+    store = FeatureStore(str(tmp_path / "ds"), "img")
+    assert store._rg_min.tolist() == ["sku-0000", "sku-0016", "sku-0032", "sku-0048"]
+    np.testing.assert_array_equal(store.fetch(ids[[40, 3, 17]]), feats[[40, 3, 17]])
+    # a truncated max ("sku-00" + 1 -> "sku-01") would reach into the next group's range
+    store._rg_max[0] = "sku-01"
+    store._exact_string_bounds()
+    assert store._rg_max[0] == "sku-0015"
+    np.testing.assert_array_equal(store.fetch(ids[[16, 15]]), feats[[16, 15]])

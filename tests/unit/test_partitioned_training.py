@@ -129,11 +129,16 @@ def test_partitioned_run_evaluates_and_exports_every_user(ids, request, tmp_path
     else:
         root, prep = request.getfixturevalue("prepared")
     cfg = _config(root, str(tmp_path / "out"), "sharded", prep.uri)
+    if ids == "str":
+        cfg.eval.max_users = 150  # a sample of the 400 users (and only their training edges)
     results = run_distributed(_train, 2, _flat(cfg))
     summary = results[0]["summary"]
     assert summary["mode"] == "partitioned" and summary["world_size"] == 2
-    assert 0.0 <= summary["valid"]["recall@20"] <= 1.0
-    assert summary["evaluated_users"]["valid"] > 0
+    assert 0.0 < summary["valid"]["recall@20"] <= 1.0
+    if ids == "str":
+        assert 30 <= summary["evaluated_users"]["valid"] <= 130  # of ~205 with a validation item
+    else:
+        assert summary["evaluated_users"]["valid"] > 180
     manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
     run_dir = tmp_path / "out" / manifest["prefix"]
     users = pq.read_table(run_dir / "embeddings" / "users").column("user_id").to_numpy()
@@ -203,14 +208,17 @@ def test_partitioned_checkpoint_resumes_to_the_uninterrupted_run(prepared, tmp_p
             assert torch.equal(resumed[rank]["model"][name], value), name
     assert resumed[0]["history"][-1]["valid"] == full[0]["history"][-1]["valid"]
     assert len(resumed[0]["history"]) == len(full[0]["history"]) == 2
+    # each rank's own half-epoch loss sums come back from its shard, not rank 0's
+    for rank in range(2):
+        assert resumed[rank]["history"][-1]["loss"] == pytest.approx(full[rank]["history"][-1]["loss"], rel=1e-12)
+    assert full[0]["history"][-1]["loss"] != full[1]["history"][-1]["loss"]
 
 
-def test_partitioned_checkpoint_refuses_another_world(prepared, tmp_path):
-    from sea_dist.train.checkpoint import load_sharded_checkpoint  # noqa: F401  (the reader used on resume)
-
+def test_partitioned_checkpoint_refuses_shards_of_another_rank_report_or_none(prepared, tmp_path):
     root, prep = prepared
     cfg = _config(root, str(tmp_path / "a"), "sharded", prep.uri)
     cfg.train.epochs = 1
+    cfg.train.checkpoint_every_steps = 2
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(ckpts), "")
@@ -219,4 +227,15 @@ def test_partitioned_checkpoint_refuses_another_world(prepared, tmp_path):
     os.replace(epoch_ckpt / "rank-00000.pt", epoch_ckpt / "rank-00000.bak")
     os.link(epoch_ckpt / "rank-00001.pt", epoch_ckpt / "rank-00000.pt")
     with pytest.raises(AssertionError, match="the shard is rank 1 of 2, this worker is rank 0 of 2"):
+        run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(tmp_path), str(epoch_ckpt))
+    # a shard from another report of the same run
+    # (rank 0 gets the bad file: run_distributed reports rank 0's error)
+    earlier = ckpts / sorted(os.listdir(ckpts))[0]
+    os.remove(epoch_ckpt / "rank-00000.pt")
+    os.replace(earlier / "rank-00000.pt", epoch_ckpt / "rank-00000.pt")
+    with pytest.raises(AssertionError, match="different reports"):
+        run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(tmp_path), str(epoch_ckpt))
+    # and no shard at all
+    os.remove(epoch_ckpt / "rank-00000.pt")
+    with pytest.raises(AssertionError, match="no rank-00000.pt"):
         run_distributed(_train_with_checkpoints, 2, _flat(cfg), str(tmp_path), str(epoch_ckpt))
