@@ -545,8 +545,11 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_edges = int(offsets[-1])
     string_users = user_kinds.get("kind") not in (None, INT)
-    # int ids fill one preallocated array; string ids are kept per shard and concatenated once
-    users_raw: np.ndarray | list[np.ndarray] = [] if string_users else np.empty(n_edges, dtype=np.int64)
+    # int ids fill one preallocated array; string ids never exist as one edge-sized array
+    # (50M x 36-character ids would be 7 GB): each shard keeps its distinct ids and an int64
+    # index into them, mapped to the global order once every shard has been read
+    users_raw = np.empty(0 if string_users else n_edges, dtype=np.int64)
+    shard_user_ids: list[tuple[int, np.ndarray, np.ndarray]] = []  # (row offset, distinct ids, index)
     items = np.empty(n_edges, dtype=np.int64)
     splits = np.empty(n_edges, dtype=np.int8)
     item_index = _IdIndex(item_raw_ids)
@@ -558,7 +561,9 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
                 raise DatasetError(f"{sh.name}: read {table.num_rows} rows, footer declares {counts[k]}")
             shard_users = _id_numpy(sh, table, "user_id")
             if string_users:
-                users_raw.append(shard_users)
+                distinct, index = np.unique(shard_users, return_inverse=True)
+                shard_user_ids.append((lo, distinct, index.reshape(-1).astype(np.int64)))
+                del shard_users
             else:
                 users_raw[lo:hi] = shard_users
             s = _int_numpy(sh, table, "split")
@@ -587,9 +592,14 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
         return f"{_display(fs, files[k])} row {global_row - int(offsets[k])}"
 
     if string_users:
-        users_raw = np.concatenate(users_raw) if users_raw else np.zeros(0, dtype="<U1")
-    user_raw_ids = sorted_unique(users_raw)
-    users = _IdIndex(user_raw_ids)(users_raw)
+        user_raw_ids = sorted_unique(np.concatenate([d for _, d, _ in shard_user_ids]))
+        users = np.empty(n_edges, dtype=np.int64)
+        for lo, distinct, index in shard_user_ids:
+            users[lo : lo + index.size] = np.searchsorted(user_raw_ids, distinct)[index]
+        del shard_user_ids
+    else:
+        user_raw_ids = sorted_unique(users_raw)
+        users = _IdIndex(user_raw_ids)(users_raw)
     del users_raw
 
     # duplicates: one int64 key per (user, item) pair, sorted once
