@@ -24,7 +24,16 @@ def _entry(rank, world_size, init_file, out_dir, fn, args):
         payload = ("error", traceback.format_exc())
     with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
         pickle.dump(payload, f)
-    dist.destroy_process_group()
+    try:
+        if payload[0] == "ok":
+            dist.barrier()  # no rank tears its sockets down while a peer still talks to it
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a failed peer closed the group; the results are written
+        pass
+    # Skip interpreter finalisation: gloo's worker threads sometimes outlive it and abort the
+    # process at exit ("terminate called without an active exception", seen under CI load)
+    # after the result above is already written.
+    os._exit(0)
 
 
 def run_distributed(fn, world_size: int = 2, *args):
