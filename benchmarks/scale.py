@@ -70,11 +70,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _vm_hwm_mb(pid: int) -> float:
+def _proc_status_mb(pid: int, field: str) -> float:
+    """A memory field of ``/proc/<pid>/status`` (``VmHWM`` peak, ``VmRSS`` now) in MB; 0 if gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -105,22 +106,11 @@ class MotoServer:
         s3fs.S3FileSystem(client_kwargs={"endpoint_url": self.url}, skip_instance_cache=True).mkdir(BUCKET)
 
     def peak_rss_mb(self) -> float:
-        return _vm_hwm_mb(self.proc.pid)
+        return _proc_status_mb(self.proc.pid, "VmHWM")
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 class MachineMemory:
@@ -302,7 +292,7 @@ def main() -> int:
             })
             result = train(root, moto.url, parts, logdir, {**extra, **run_extra})
             emit({**train_record(tier, parts, result), "sweep": sweep})
-        emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1), "rss_mb_at_end": round(_rss_mb(moto.proc.pid), 1),
+        emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1), "rss_mb_at_end": round(_proc_status_mb(moto.proc.pid, "VmRSS"), 1),
               "machine_used_mb_before_start": round(machine_before, 1)})
     finally:
         moto.stop()

@@ -349,12 +349,17 @@ class _IdIndex:
         return idx
 
 
-def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
-    """An id column as int64 or unicode numpy (:func:`sea_dist.data.ids.ids_to_numpy`); no nulls."""
+def _non_null_column(shard: _Shard, table: pa.Table, column: str) -> pa.ChunkedArray:
     col = table.column(column)
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
         raise DatasetError(f"{shard.name}: column {column!r} has a null at row {row}")
+    return col
+
+
+def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
+    """An id column as int64 or unicode numpy (:func:`sea_dist.data.ids.ids_to_numpy`); no nulls."""
+    col = _non_null_column(shard, table, column)
     try:
         return ids_to_numpy(col)
     except pa.ArrowInvalid as e:
@@ -365,10 +370,7 @@ def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
 
 def _int_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
     """An integer column as int64 numpy (narrower ints are accepted and widened; nulls are not)."""
-    col = table.column(column)
-    if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DatasetError(f"{shard.name}: column {column!r} has a null at row {row}")
+    col = _non_null_column(shard, table, column)
     if col.type != pa.int64():
         try:
             col = pc.cast(col, pa.int64())  # safe cast: uint64 > 2**63 fails loudly

@@ -69,6 +69,22 @@ from sea_dist.data.dataset import (
 
 __all__ = ["FetchStats", "FeatureStore", "open_feature_stores"]
 
+
+def _item_id_column(md: pq.FileMetaData) -> int:
+    return next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
+
+
+def _statistics_bounds(st, kind: str) -> tuple | None:
+    """A row group's (min, max) item id from its footer, or None when absent or undecodable
+    (a truncated string bound can end inside a UTF-8 sequence)."""
+    if st is None or not st.has_min_max:
+        return None
+    as_id = int if kind == INT else str
+    try:
+        return as_id(st.min), as_id(st.max)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
 log = logging.getLogger(__name__)
 
 _COLUMNS = ("item_id", "embedding")
@@ -175,7 +191,7 @@ class FeatureStore:
                 self._meta.append(md)
                 self._sizes.append(getattr(sh._fh, "size", None) if sh._fh is not None else None)
                 self._names.append(sh.name)
-                id_col = next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
+                id_col = _item_id_column(md)
                 want = [
                     j for j in range(md.num_columns)
                     if md.schema.column(j).path == "item_id" or md.schema.column(j).path.startswith("embedding.")
@@ -185,13 +201,8 @@ class FeatureStore:
                     if rg.num_rows == 0:
                         continue
                     st = rg.column(id_col).statistics
-                    try:
-                        if st is None or not st.has_min_max:
-                            raise ValueError("no statistics")
-                        as_id = int if kinds["kind"] == INT else str
-                        gmin, gmax = as_id(st.min), as_id(st.max)
-                    except (ValueError, UnicodeDecodeError):  # absent, or a truncated string bound
-                        gmin, gmax = self._ids_without_stats(sh, g, id_col)
+                    bounds = _statistics_bounds(st, kinds["kind"])
+                    gmin, gmax = bounds if bounds else self._ids_without_stats(sh, g, id_col)
                     lo.append(gmin)
                     hi.append(gmax)
                     rows.append(rg.num_rows)
@@ -237,9 +248,7 @@ class FeatureStore:
         for g in groups:
             s, local = int(self._rg_shard[g]), int(self._rg_local[g])
             with _Shard(self.fs, self.files[s]) as sh:
-                md = sh.pf.metadata
-                id_col = next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
-                lo[g], hi[g] = self._ids_without_stats(sh, local, id_col)
+                lo[g], hi[g] = self._ids_without_stats(sh, local, _item_id_column(sh.pf.metadata))
         self._rg_min, self._rg_max = as_raw_ids(lo), as_raw_ids(hi)
 
     def _ids_without_stats(self, sh: _Shard, g: int, id_col: int) -> tuple[int, int]:

@@ -14,7 +14,6 @@ Layout of one checkpoint directory:
 """
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 
@@ -60,8 +59,8 @@ def load_sharded_checkpoint(fs, path: str, rank: int, map_location="cpu") -> dic
         where = posixpath.join(path, name)
         if fs.get_file_info(where).type != pafs.FileType.File:
             raise FileNotFoundError(f"no {name} in checkpoint directory {path}")
-        with fs.open_input_file(where) as f:
-            return torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+        with fs.open_input_file(where) as f:  # seekable: torch reads it without a full copy in memory
+            return torch.load(f, map_location=map_location, weights_only=True)
 
     state = read(CHECKPOINT_FILE)
     state["rank_state"] = read(rank_file(rank))

@@ -462,13 +462,13 @@ class PartitionedTrainer(Trainer):
 
     def write_outputs(self, summary: dict) -> None:
         """A collective: every rank writes its own users' embeddings, rank 0 the rest and
-        publishes (MANIFEST.json last, after every rank's files are in place)."""
+        publishes (MANIFEST.json last, after every rank's files are in place). The best
+        epoch's network and table rows are in place already: :meth:`summary` put them back."""
         cfg, ctx = self.cfg, self.ctx
         publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
         publish_id = ctx.broadcast_object(publisher.new_publish_id(cfg.train.run_name) if ctx.is_main else None)
         staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
         if cfg.output.write_embeddings:
-            self._restore_best()  # summary() did too; write_outputs may be called alone
             user_rep, item_rep = self.embeddings()
             own_users = self._own(self.part.user_inner, self.part.user_global)
             staged.write_embeddings("users", self.part.user_raw[own_users], user_rep, name_prefix=f"r{ctx.rank:04d}-")
