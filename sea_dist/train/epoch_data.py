@@ -12,23 +12,59 @@ import numpy as np
 from sea_dist.arrays import sorted_unique
 
 
+NEGATIVE_RULES = ("train_items", "all_items")
+
+
 class NegativeSampler:
-    """Uniform negatives over the items *not* in the user's training history (MMRec).
+    """Uniform negatives, never an item of the user's training history.
+
+    ``rule`` says which items may be drawn:
+
+    - ``"train_items"`` (default, MMRec's rule): only items that occur in the training edges.
+      MMRec's training loader samples from the unique item ids of the training split, so an
+      item seen only in validation/test (or only in the feature files) is never pushed down
+      as a negative; published numbers were produced this way.
+    - ``"all_items"``: every item index ``0..n_items-1``, cold items included (this project's
+      rule before it matched MMRec; it draws the same random stream as it did then).
 
     Rejection sampling against a sorted array of ``user * n_items + item`` keys: vectorised,
-    and memory linear in the number of training edges.
+    and memory linear in the number of training edges (plus one index per candidate item).
     """
 
-    def __init__(self, train_users: np.ndarray, train_items: np.ndarray, n_items: int):
+    def __init__(
+        self,
+        train_users: np.ndarray,
+        train_items: np.ndarray,
+        n_items: int,
+        rule: str = "train_items",
+    ):
+        if rule not in NEGATIVE_RULES:
+            raise ValueError(f"negative rule must be one of {NEGATIVE_RULES}, got {rule!r}")
+        self.rule = rule
         self.n_items = int(n_items)
-        self.keys = sorted_unique(train_users.astype(np.int64) * self.n_items + train_items)
-        degree = np.bincount(train_users, minlength=int(train_users.max()) + 1 if len(train_users) else 0)
-        if len(degree) and degree.max() >= self.n_items:
-            heavy = int(np.argmax(degree))
+        train_users = np.asarray(train_users, dtype=np.int64)
+        train_items = np.asarray(train_items, dtype=np.int64)
+        self.keys = sorted_unique(train_users * self.n_items + train_items)
+        # None = every index; otherwise the sorted distinct items the draws index into
+        self.candidates: np.ndarray | None = None if rule == "all_items" else sorted_unique(train_items)
+        history = np.bincount(self.keys // self.n_items) if len(self.keys) else np.zeros(0, np.int64)
+        if len(history) and history.max() >= self.num_candidates:
+            heavy = int(np.argmax(history))
+            where = "every item" if rule == "all_items" else "every item that occurs in training"
             raise ValueError(
-                f"user index {heavy} interacted with every item in training: "
+                f"user index {heavy} interacted with {where} ({self.num_candidates}): "
                 "no negative item exists for it"
             )
+
+    @property
+    def num_candidates(self) -> int:
+        """How many items a negative can be (before excluding the user's own history)."""
+        return self.n_items if self.candidates is None else len(self.candidates)
+
+    def _draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        if self.candidates is None:
+            return rng.integers(0, self.n_items, size=size, dtype=np.int64)
+        return self.candidates[rng.integers(0, len(self.candidates), size=size, dtype=np.int64)]
 
     def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users * self.n_items + items
@@ -38,10 +74,10 @@ class NegativeSampler:
 
     def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         users = users.astype(np.int64)
-        items = rng.integers(0, self.n_items, size=len(users), dtype=np.int64)
+        items = self._draw(len(users), rng)
         redo = np.flatnonzero(self._is_positive(users, items))
         while len(redo):
-            items[redo] = rng.integers(0, self.n_items, size=len(redo), dtype=np.int64)
+            items[redo] = self._draw(len(redo), rng)
             redo = redo[self._is_positive(users[redo], items[redo])]
         return items
 

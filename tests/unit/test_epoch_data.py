@@ -10,22 +10,70 @@ def _edges():
     return users, items
 
 
-def test_negatives_are_never_training_items():
-    users, items = _edges()
-    sampler = NegativeSampler(users, items, n_items=6)
+def _history_and_counts(sampler, users, items, user, n_items):
     rng = np.random.default_rng(0)
-    queries = np.repeat(np.arange(4), 500)
+    queries = np.repeat(np.arange(4), 600)
     negatives = sampler.sample(queries, rng)
     history = {(u, i) for u, i in zip(users, items)}
     assert not any((u, i) in history for u, i in zip(queries, negatives))
-    # uniform over the rest: user 0 may get items 3, 4, 5 only, each about 1/3 of the time
-    counts = np.bincount(negatives[queries == 0], minlength=6)
-    assert counts[:3].sum() == 0 and counts[3:].min() > 120
+    return np.bincount(negatives[queries == user], minlength=n_items)
+
+
+def test_default_rule_draws_only_items_seen_in_training():
+    # items 0..4 occur in training, item 5 does not (a cold item): MMRec never draws it
+    users, items = _edges()
+    sampler = NegativeSampler(users, items, 6)  # the positional form callers use
+    assert sampler.rule == "train_items" and sampler.num_candidates == 5
+    counts = _history_and_counts(sampler, users, items, user=0, n_items=6)
+    # user 0 has 0, 1, 2: its negatives are 3 or 4, each about 1/2 of 600
+    assert counts[[0, 1, 2, 5]].sum() == 0
+    assert 240 < counts[3] < 360 and 240 < counts[4] < 360
+    # user 3 has 1..4 of the five training items: item 0 every time
+    assert _history_and_counts(sampler, users, items, user=3, n_items=6)[0] == 600
+
+
+def test_all_items_rule_also_draws_cold_items():
+    users, items = _edges()
+    sampler = NegativeSampler(users, items, n_items=6, rule="all_items")
+    assert sampler.num_candidates == 6
+    counts = _history_and_counts(sampler, users, items, user=0, n_items=6)
+    # user 0 may get items 3, 4, 5 only, each about 1/3 of the time
+    assert counts[:3].sum() == 0 and counts[3:].min() > 150
+    # user 3 gets items 0 and 5, the cold one included
+    counts3 = _history_and_counts(sampler, users, items, user=3, n_items=6)
+    assert counts3[[0, 5]].sum() == 600 and counts3[5] > 240
+
+
+def test_rules_agree_draw_for_draw_when_every_item_is_trained():
+    # no cold item: both rules must be the same sampler (same random stream), so the default
+    # change cannot move results on data whose items all occur in training
+    users, items = _edges()
+    queries = np.repeat(np.arange(4), 50)
+    a = NegativeSampler(users, items, 5, rule="train_items").sample(queries, np.random.default_rng(3))
+    b = NegativeSampler(users, items, 5, rule="all_items").sample(queries, np.random.default_rng(3))
+    assert np.array_equal(a, b)
 
 
 def test_user_with_every_item_is_an_error():
     with pytest.raises(ValueError, match="every item"):
         NegativeSampler(np.array([0, 0]), np.array([0, 1]), n_items=2)
+    with pytest.raises(ValueError, match="every item"):
+        NegativeSampler(np.array([0, 0]), np.array([0, 1]), n_items=2, rule="all_items")
+
+
+def test_user_with_every_training_item_needs_the_all_items_rule():
+    # user 0 has both items that occur in training; item 2 exists but is cold
+    users, items = np.array([0, 0, 1]), np.array([0, 1, 1])
+    with pytest.raises(ValueError, match="every item that occurs in training"):
+        NegativeSampler(users, items, n_items=3)
+    sampler = NegativeSampler(users, items, n_items=3, rule="all_items")
+    assert set(sampler.sample(np.zeros(20, dtype=np.int64), np.random.default_rng(0))) == {2}
+
+
+def test_unknown_rule_is_rejected():
+    users, items = _edges()
+    with pytest.raises(ValueError, match="train_items"):
+        NegativeSampler(users, items, 6, rule="popular_items")
 
 
 def test_worker_slices_tile_each_global_batch():
