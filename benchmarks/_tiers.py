@@ -1,5 +1,5 @@
 """Benchmark datasets: the bundled default, and the Baby tier built on the *real* Amazon Baby
-interaction graph (../shared/data/amazon-baby, MMRec's ids and split) with generated features
+interaction graph (datasets/amazon-baby, MMRec's ids and split) with generated features
 of MMRec's dims (image 4096, text 384), so sampling cost follows a real degree distribution."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sea_dist.data.dataset import DatasetMeta, write_dataset
 from sea_dist.data.synthetic import cache_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BABY_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "amazon-baby")
+BABY_DIR = os.path.join(REPO, "datasets", "amazon-baby")
 BABY_DIMS = {"image": 4096, "text": 384}
 
 

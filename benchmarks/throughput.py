@@ -3,7 +3,7 @@
 
 - ``default``: the bundled default dataset (5k users, 2k items, image 256 + text 128);
 - ``baby``: the real Amazon Baby interaction graph (19,445 users, 7,050 items, 160,792
-  interactions, ../shared/data/amazon-baby) with generated features of MMRec's dims (image 4096,
+  interactions, datasets/amazon-baby) with generated features of MMRec's dims (image 4096,
   text 384).
 
 Per tier: train edges/s per worker, sampling / model / CLUB-fit seconds per epoch (measured

@@ -4,8 +4,8 @@ No cluster can run here, so every manifest is checked the way the API server wou
 
 * core kinds (CronJob, ServiceAccount, Role, ...) against the Kubernetes OpenAPI schemas bundled
   in the PyPI package ``kubernetes-validate`` (strict: unknown fields are errors);
-* KubeRay kinds (RayJob, RayCluster, RayCronJob) with ``jsonschema`` against the CRD schemas in
-  ``<repo>/../shared/schemas/kuberay`` (read in place, never copied), after applying the schema's
+* KubeRay kinds (RayJob, RayCluster, RayCronJob) with ``jsonschema`` against the KubeRay v1.7.0
+  CRD schemas carried in ``tests/data/kuberay`` (source and licence in its README), after applying the schema's
   ``default`` values as the API server does, with ``x-kubernetes-int-or-string`` read as
   int-or-string, ``nullable`` honoured, and unknown fields rejected (the API server would
   silently prune them, so a typo would otherwise vanish without a trace);
@@ -36,7 +36,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-KUBERAY_SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
+KUBERAY_SCHEMAS = REPO / "tests" / "data" / "kuberay"
 
 #: Kubernetes versions to validate core kinds against (those the installed package ships).
 #: 1.29: oldest we claim (CronJob timeZone is GA since 1.27); 1.32: current at writing.
@@ -188,8 +188,7 @@ _VALIDATORS: dict[str, tuple[dict, object]] = {}
 def _kuberay_validator(kind: str):
     if kind not in _VALIDATORS:
         path = KUBERAY_SCHEMAS / KUBERAY_KINDS[kind]
-        if not path.is_file():
-            pytest.skip(f"KubeRay schema {path} not found (expected at <repo>/../shared)")
+        assert path.is_file(), f"KubeRay schema {path} is missing (carried in the repository)"
         raw = json.loads(path.read_text())
         _VALIDATORS[kind] = (raw, jsonschema.Draft4Validator(_structural(raw)))
     return _VALIDATORS[kind]
