@@ -103,7 +103,16 @@ class TrainConfig:
         "maximum epochs (the reference allows 1000 with early stopping; 20 keeps the "
         "quick start within minutes on 2 CPU cores)",
     )
-    patience: int = _opt(20, "early stopping: epochs without a better validation metric")
+    patience: int = _opt(
+        20,
+        "early stopping, MMRec's stopping_step: stop once more than this many consecutive "
+        "epochs bring no validation metric (rounded to 4 decimals) above the best",
+    )
+    negative_items: str = _opt(
+        "train_items",
+        "items a BPR negative is drawn from: train_items (items that occur in the training "
+        "split, MMRec's rule) or all_items (every item, cold ones included)",
+    )
     seed: int = _opt(999, "random seed (MMRec's default)")
     checkpoint_every_epochs: int = _opt(1, "write a checkpoint every N epochs")
     progress_every_s: float = _opt(

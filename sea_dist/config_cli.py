@@ -395,6 +395,10 @@ def validate_config(cfg: Config) -> None:
     )
 
     need(
+        t.negative_items in ("train_items", "all_items"),
+        f"train.negative_items must be train_items or all_items, got {t.negative_items!r}",
+    )
+    need(
         m.club_fit in CLUB_FIT_CHOICES,
         f"model.club_fit must be one of {', '.join(CLUB_FIT_CHOICES)}, got {m.club_fit!r}",
     )

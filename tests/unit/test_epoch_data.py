@@ -90,3 +90,15 @@ def test_worker_slices_tile_each_global_batch():
     assert np.array_equal(again.neg, plan.neg)  # a resumed epoch replays the same triples
     other = EpochPlan(users, items, NegativeSampler(users, items, 6), batch_size=4, seed=1, epoch=1)
     assert not np.array_equal(other.users, plan.users)
+
+
+def test_config_defaults_to_mmrecs_rule_and_rejects_others():
+    from sea_dist.config import Config
+    from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+
+    assert Config().train.negative_items == "train_items"
+    assert apply_overrides(Config(), {"train.negative_items": "all_items"}).train.negative_items == "all_items"
+    cfg = Config()
+    cfg.train.negative_items = "everything"
+    with pytest.raises(ConfigError, match="negative_items"):
+        validate_config(cfg)
