@@ -2,7 +2,7 @@
 
 Every knob a user can turn lives here, with its default and a one-line meaning in the field's
 ``metadata["help"]``; ``--help`` is generated from that text, so a field without help is a bug.
-Defaults follow the SEA reference (``../shared/SEA_SPEC.md``) unless noted.
+Defaults follow the SEA reference (``docs/model.md``) unless noted.
 The file/command-line layer that fills these lives in :mod:`sea_dist.config_cli`.
 """
 from __future__ import annotations

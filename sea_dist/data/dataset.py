@@ -1,6 +1,6 @@
 """The dataset contract: read, validate and write a dataset root (local path, ``file://``, ``s3://``).
 
-Layout under a root URI (see ``DESIGN.md``, "Data contract")::
+Layout under a root URI (see ``docs/design.md``, "Data contract")::
 
     <root>/dataset.json                        # name, version, counts, modalities {name: dim}, splits
     <root>/interactions/part-*.parquet         # user_id, item_id (int64 or string), split int8 (0/1/2), [ts]
@@ -116,7 +116,7 @@ class DatasetMeta:
                 raise DatasetError(f"{where}: modality {m!r} has dim 0")
             if d % 2:
                 # SEA splits each modality's transformed features into a generic and a unique
-                # half (SEA_SPEC.md, forward pass step 2), so the dim must be even.
+                # half (docs/model.md, "Forward pass", step 1), so the dim must be even.
                 raise DatasetError(
                     f"{where}: modality {m!r} has odd feature dim {d}; SEA splits each modality "
                     "into generic/unique halves, so dims must be even"

@@ -2,7 +2,7 @@
 
 No worker may hold every item's raw features (5M items x 4096 float32 is 80 GB), so training
 workers fetch the rows of the items in their minibatches from the Parquet shards of one
-modality (``<root>/features/<modality>/part-*.parquet``, see ``DESIGN.md``, "Data contract").
+modality (``<root>/features/<modality>/part-*.parquet``, see ``docs/design.md``, "Data contract").
 
 How a fetch works
 -----------------

@@ -2,7 +2,7 @@
 
 :mod:`sea_dist.data.synthetic` builds everything in memory and samples every user against every
 item (exact, but ``users x items`` work): right for the default and Baby-like tiers, hopeless
-for the "large, this machine" tier of DESIGN.md (2M users x 200k items x 50M interactions).
+for the "large, this machine" tier of docs/design.md, "Scale tiers" (2M users x 200k items x 50M interactions).
 This module generates the *same kind* of planted structure chunk by chunk and writes it straight
 into the data contract, local or ``s3://``::
 

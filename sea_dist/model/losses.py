@@ -1,4 +1,4 @@
-"""SEA's loss terms, as pure functions (see ../shared/SEA_SPEC.md, "Losses").
+"""SEA's loss terms, as pure functions (see docs/model.md, "Losses").
 
 Kept free of module state so each can be checked against hand-computed numbers.
 """

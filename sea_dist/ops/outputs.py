@@ -1,4 +1,4 @@
-"""A run's outputs (DESIGN.md "Run outputs"), local or in object storage.
+"""A run's outputs (docs/design.md, "Run outputs"), local or in object storage.
 
 ``metrics.jsonl`` grows by one line per epoch; ``summary.json`` and the embeddings are written
 at the end by rank 0. Everything goes through fsspec, so ``--output-dir s3://...`` works.

@@ -114,7 +114,7 @@ class Trainer:
                 self.evaluator.skipped_users["test"],
             )
 
-        # model: dense network, per-user tables, CLUB's Q — three optimizers, as in SEA_SPEC
+        # model: dense network, per-user tables, CLUB's Q — three optimizers, as in docs/model.md ("Optimisation")
         self.model = SEA(self.modality_dims, cfg.model).to(self.device)
         if not self.model.alignment and ctx.is_main:
             log.warning(

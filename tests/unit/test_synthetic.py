@@ -45,7 +45,7 @@ def test_default_tier_shape_and_contract(default_data: syn.SyntheticData) -> Non
     assert d.users_raw.size == spec.n_interactions == d.meta.n_interactions
     assert d.meta.modalities == {"image": 256, "text": 128}
     assert sum(d.meta.splits.values()) == spec.n_interactions
-    assert d.meta.splits["train"] > 0.75 * spec.n_interactions  # ~60k train, as DESIGN's default tier
+    assert d.meta.splits["train"] > 0.75 * spec.n_interactions  # ~60k train, as docs/design.md's default tier
     # raw ids are not contiguous, interactions are not grouped by user
     assert set(np.unique(d.users_raw) % 3) == {1} and d.users_raw.min() == 1000
     assert (d.item_raw_ids == 10**6 + 7 * np.arange(spec.n_items)).all()
