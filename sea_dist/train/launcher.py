@@ -6,6 +6,7 @@ Ray-specific code lives here and nowhere else in the training path.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,9 +20,9 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
-from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
+from sea_dist.data.dataset import DatasetError, DatasetMeta, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
-from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.publish import Publisher, PublishError, config_fingerprint
 from sea_dist.ops.retry import with_retries
 from sea_dist.ops.metrics import (
     MetricsIdentity,
@@ -40,8 +41,36 @@ EPOCH_END_STEP = 99_999_999
 LOCAL_NODE_IP = "127.0.0.2"  # loopback (127.0.0.0/8) that Ray does not rewrite  # sorts an epoch-end checkpoint after that epoch's step ones
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute against this process's working directory; URIs unchanged."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Every local path of ``cfg`` made absolute against the submitter's working directory.
+
+    Ray workers run in their own working directory (a per-run folder, or another node), so a
+    relative ``data.root=data/ml-100k`` would name a different place there. URIs (``s3://``,
+    ``file://``) and ``train.warm_start=latest`` are left as they are.
+    """
+    data = replace(cfg.data, root=_absolute(cfg.data.root), prepared=_absolute(cfg.data.prepared))
+    warm_start = cfg.train.warm_start
+    train = replace(
+        cfg.train,
+        storage_path=_absolute(cfg.train.storage_path),
+        warm_start=warm_start if warm_start == "latest" else _absolute(warm_start),
+    )
+    output = replace(cfg.output, output_dir=_absolute(cfg.output.output_dir))
+    prepare = replace(cfg.prepare, work_dir=_absolute(cfg.prepare.work_dir))
+    return replace(cfg, data=data, train=train, output=output, prepare=prepare)
+
+
 def resolve_config(cfg: Config) -> Config:
-    """Fill in what defaults leave open: the default dataset, the run name, storage."""
+    """Fill in what defaults leave open: the default dataset, the run name, storage; every
+    local path absolute (:func:`resolve_paths`)."""
+    cfg = resolve_paths(cfg)
     data, train = cfg.data, cfg.train
     if not data.root:
         data = replace(data, root=default_dataset_root())
@@ -49,12 +78,7 @@ def resolve_config(cfg: Config) -> Config:
         train = replace(train, run_name=_previous_run_name(cfg) if train.resume else _new_run_name())
     if not train.storage_path:
         train = replace(train, storage_path=_join(cfg.output.output_dir, "checkpoints"))
-    if "://" not in train.storage_path:
-        train = replace(train, storage_path=os.path.abspath(train.storage_path))
-    output = cfg.output
-    if "://" not in output.output_dir:
-        output = replace(output, output_dir=os.path.abspath(output.output_dir))
-    return replace(cfg, data=data, train=train, output=output)
+    return replace(cfg, data=data, train=train)
 
 
 def _join(base: str, *parts: str) -> str:
@@ -69,7 +93,7 @@ def _previous_run_name(cfg: Config) -> str:
     fs, path = make_filesystem(cfg.output.output_dir, cfg.data.s3_endpoint_url)
     record = posixpath.join(path, RUN_RECORD)
     if not fs.exists(record):
-        raise SystemExit(
+        raise ConfigError(
             f"--resume: no {RUN_RECORD} in {cfg.output.output_dir} and no train.run_name given; "
             "point --output-dir at the run to continue or set train.run_name"
         )
@@ -103,10 +127,47 @@ def already_published(cfg: Config, dataset_version: str) -> dict | None:
     return None
 
 
+def check_output_dataset(cfg: Config, meta: DatasetMeta) -> None:
+    """Refuse to publish one dataset's model over another dataset's (``output.republish``
+    consents). A new version of the same dataset (tonight's data) is what a model location is
+    for; a different dataset there would silently replace the model its readers expect."""
+    if cfg.output.republish:
+        return
+    publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
+    manifest = publisher.read_manifest()
+    if manifest is None:
+        return
+    try:
+        published = publisher.read_published_json("summary.json").get("dataset") or {}
+    except PublishError:  # a manifest without a summary: nothing to compare against
+        return
+    name = published.get("name")
+    if name and name != meta.name:
+        raise ConfigError(
+            f"{cfg.output.output_dir} holds the published model of dataset {name!r} (run "
+            f"{manifest.get('run_id')}); this run trains dataset {meta.name!r} and would replace it. "
+            "Choose another --output-dir, or set output.republish=true to replace that model"
+        )
+
+
+def check_warm_start(cfg: Config) -> None:
+    """An explicit warm-start source must hold a published model (``latest`` may be empty:
+    the first night of a deployment trains from scratch)."""
+    source = cfg.train.warm_start
+    if not source or source == "latest" or cfg.train.resume:
+        return
+    manifest = Publisher(source, cfg.data.s3_endpoint_url).read_manifest()
+    if manifest is None:
+        raise ConfigError(f"--warm-start {source}: nothing published there (no MANIFEST.json)")
+
+
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
-    # fail fast on bad data, before any worker starts (transient storage faults are retried)
+    # Configuration and data problems are found here, in the driver, before any worker
+    # starts: they fail once, with one message (transient storage faults are retried).
     meta = with_retries(lambda: load_meta(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
+    check_warm_start(cfg)
+    check_output_dataset(cfg, meta)
     if cfg.train.partitioned:
         from sea_dist.prepare.job import load_prepared, run_prepare
 
@@ -204,13 +265,13 @@ def run_local(cfg: Config, dataset_version: str = "") -> dict:
     from sea_dist.train.loop import Trainer  # heavy imports only where training happens
 
     if "://" in cfg.train.storage_path:
-        raise SystemExit("full-graph mode keeps checkpoints on a local path; set train.storage_path")
+        raise ConfigError("full-graph mode keeps checkpoints on a local path; set train.storage_path")
     checkpoints = LocalCheckpoints(cfg.train.storage_path, cfg.train.run_name)
     resume_state = None
     if cfg.train.resume:
         latest = checkpoints.latest()
         if latest is None:
-            raise SystemExit(f"--resume: no checkpoint under {checkpoints.root}")
+            raise ConfigError(f"--resume: no checkpoint under {checkpoints.root}")
         resume_state = load_checkpoint(latest)
     ctx = WorkerContext(report=checkpoints.report)
     metrics = _worker_metrics(cfg, "0", 0, dataset_version)
@@ -396,9 +457,10 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
         ),
     )
     try:
-        trainer.fit()
-    except Exception as error:  # Ray wraps worker errors; surface a data error as itself
-        cause = _dataset_error_in(error)
+        with _user_errors_are_final():
+            trainer.fit()
+    except Exception as error:  # Ray wraps worker errors; surface a user error as itself
+        cause = user_error_in(error)
         if cause is not None:
             raise cause from None
         raise
@@ -417,20 +479,68 @@ def _as_ray_callback(callback: DriverMetricsCallback):
     return _Callback(callback)
 
 
-def _dataset_error_in(error: BaseException) -> DatasetError | None:
-    """The DatasetError behind a Ray Train failure, if that is what stopped a worker."""
+#: Errors a restart cannot fix: the data or the configuration is wrong on every attempt.
+USER_ERRORS = (DatasetError, ConfigError)
+
+
+def user_error_in(error: BaseException) -> DatasetError | ConfigError | None:
+    """The data or configuration error behind a Ray Train failure, if that is what stopped a
+    worker (found through causes, Ray's per-worker failures and its traceback wrappers)."""
     pending, seen = [error], set()
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, DatasetError):
+        if isinstance(current, USER_ERRORS):
             return current
-        pending.extend([current.__cause__, current.__context__])
+        pending.extend([current.__cause__, current.__context__, getattr(current, "_base_exc", None)])
         pending.extend(getattr(current, "worker_failures", {}).values())
-        if "DatasetError" in str(current):
-            lines = [l for l in str(current).splitlines() if "DatasetError:" in l]
+        text = str(current)
+        for kind in USER_ERRORS:
+            marker = f"{kind.__name__}:"
+            lines = [line for line in text.splitlines() if marker in line]
             if lines:
-                return DatasetError(lines[-1].split("DatasetError:", 1)[1].strip())
+                return kind(lines[-1].split(marker, 1)[1].strip())
     return None
+
+
+class _UserErrorsAreFinal:
+    """Ray Train failure policy: ``train.max_failures`` is spent on worker failures only.
+
+    A worker stopped by a data or configuration error fails the run at once (a restart would
+    meet the same error); anything else goes to Ray's own policy. Built lazily so that Ray is
+    imported only where it runs."""
+
+    def __new__(cls, inner):
+        from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
+
+        class Policy(FailurePolicy):
+            def __init__(self, inner_policy):
+                super().__init__(inner_policy.failure_config)
+                self.inner = inner_policy
+
+            def make_decision(self, training_failed_error):
+                if user_error_in(training_failed_error) is not None:
+                    return FailureDecision.RAISE
+                return self.inner.make_decision(training_failed_error)
+
+        return Policy(inner)
+
+
+@contextlib.contextmanager
+def _user_errors_are_final():
+    """Wraps Ray Train's failure policy for one ``fit`` (Ray has no public switch for this;
+    on a Ray without the hook, every failure counts against max_failures, as before)."""
+    try:
+        from ray.train.v2.api import data_parallel_trainer as module
+
+        original = module.create_failure_policy
+    except (ImportError, AttributeError):
+        yield
+        return
+    module.create_failure_policy = lambda failure_config: _UserErrorsAreFinal(original(failure_config))
+    try:
+        yield
+    finally:
+        module.create_failure_policy = original
