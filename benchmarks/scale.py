@@ -55,7 +55,6 @@ TRAIN_DEFAULTS = {
     "model.club_inner_steps": 5,
     "model.align_max_items": 4096,
     "eval.max_users": 20000,
-    "eval.inference_fanouts": "[5,5]",
     "output.write_embeddings": "false",
 }
 

@@ -29,6 +29,26 @@ class DataConfig:
         "S3 endpoint override for S3-compatible stores (e.g. http://127.0.0.1:9000); "
         "credentials come from the usual AWS_* environment variables",
     )
+    s3_max_attempts: int = _opt(
+        5,
+        "botocore attempts per S3 request, first included, for connection errors, timeouts, "
+        "5xx and throttling (all object-storage I/O: data, prepared, outputs, checkpoints)",
+    )
+    s3_retry_mode: str = _opt(
+        "standard",
+        "botocore retry mode: standard (exponential backoff with jitter) or adaptive (also "
+        "slows the client down after throttling responses)",
+    )
+    s3_connect_timeout_s: float = _opt(5.0, "S3 connect timeout, seconds (a timed-out connect is retried)")
+    s3_read_timeout_s: float = _opt(30.0, "S3 socket read timeout, seconds (a timed-out read is retried)")
+    storage_retries: int = _opt(
+        6,
+        "attempts in all of one storage operation (a row group read, an upload, a manifest "
+        "write) once botocore's per-request retries gave up: rides out longer outages; 1 = none",
+    )
+    storage_retry_max_delay_s: float = _opt(
+        10.0, "cap of the backoff between those attempts (exponential from 0.5 s, full jitter)"
+    )
     prepared: str = _opt(
         "",
         "partitioned mode: a prepared version (<root>/prepared/<version>); empty = the one "
@@ -168,11 +188,6 @@ class EvalConfig:
         "also mask validation items when testing (MMRec masks only training items)",
     )
     user_batch_size: int = _opt(4096, "users scored per full-ranking batch")
-    inference_fanouts: list = _opt(
-        [],
-        "partitioned mode: neighbours per user-item hop when computing the representations "
-        "evaluated and exported (outer hop first); empty = every neighbour the partition holds",
-    )
     max_users: int = _opt(
         0,
         "partitioned mode: evaluate a seeded sample of about this many users (each worker "

@@ -371,13 +371,6 @@ def validate_config(cfg: Config) -> None:
         is_int(cfg.prepare.knn_nprobe) and cfg.prepare.knn_nprobe > 0,
         f"prepare.knn_nprobe must be a positive integer, got {cfg.prepare.knn_nprobe!r}",
     )
-    need(
-        isinstance(e.inference_fanouts, list)
-        and all(is_int(f) and (f > 0 or f == -1) for f in e.inference_fanouts)
-        and len(e.inference_fanouts) in (0, len(g.fanouts) if isinstance(g.fanouts, list) else 0),
-        f"eval.inference_fanouts must be empty or one positive (or -1) entry per user-item hop, "
-        f"got {e.inference_fanouts!r}",
-    )
 
     fanouts_ok = isinstance(g.fanouts, list) and all(
         is_int(f) and (f > 0 or f == -1) for f in g.fanouts

@@ -69,6 +69,31 @@ class WorkerContext:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def _comm_device(self, device: torch.device) -> torch.device:
+        """gloo moves CPU tensors only: CUDA tensors are staged through host memory there."""
+        return torch.device("cpu") if dist.get_backend() == "gloo" else device
+
+    def exchange_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """``counts[d]`` (any trailing shape) goes to rank ``d``; returns, on CPU, what each
+        rank sent here (the split sizes of a following :meth:`all_to_all_rows`)."""
+        if self.world_size == 1:
+            return counts.cpu()
+        send = counts.to(self._comm_device(counts.device)).contiguous()
+        received = torch.empty_like(send)
+        dist.all_to_all_single(received, send)
+        return received.cpu()
+
+    def all_to_all_rows(self, tensor: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        """Rows ``[sum(send[:d]), sum(send[:d+1]))`` go to rank ``d``; the rows received come
+        back in source-rank order, on ``tensor``'s device. Moves exactly the rows asked for
+        (``all_to_all_single`` with split sizes: gloo on CPU, NCCL on CUDA)."""
+        if self.world_size == 1:
+            return tensor
+        comm = self._comm_device(tensor.device)
+        out = torch.empty((sum(recv),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=comm)
+        dist.all_to_all_single(out, tensor.to(comm).contiguous(), recv, send)
+        return out.to(tensor.device)
+
     def broadcast_object(self, obj):
         if self.world_size == 1:
             return obj

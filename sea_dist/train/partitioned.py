@@ -53,6 +53,7 @@ from sea_dist.prepare.job import load_prepared
 from sea_dist.train.checkpoint import save_checkpoint, save_rank_checkpoint
 from sea_dist.train.distributed import WorkerContext
 from sea_dist.train.epoch_data import NegativeSampler
+from sea_dist.train.exact_inference import HaloExchange, LocalOperators, exact_partition_embeddings
 from sea_dist.train.loop import EpochTimes, Trainer, peak_rss_mb
 from sea_dist.train.sharded_tables import TrafficStats, build_user_tables
 
@@ -133,8 +134,12 @@ class PartitionedTrainer(Trainer):
         self.features = None
         degrees = dict(user_degree=torch.from_numpy(lp.user_degree), item_degree=torch.from_numpy(lp.item_degree))
         self.sampler = BatchSampler(graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers, **degrees)
-        inference = cfg.eval.inference_fanouts or [-1] * len(cfg.graph.fanouts)
-        self.inference_sampler = self.sampler.with_fanouts(inference, -1)
+        self.operators = LocalOperators.from_sampler_graph(self.sampler, graph.knn_rows, graph.knn_cols, graph.knn_weights)
+        self.user_exchange = HaloExchange(lp.user_global, lp.user_inner, parts["user_offsets"], ctx)
+        self.item_exchange = HaloExchange(lp.item_global, lp.item_inner, parts["item_offsets"], ctx)
+        self.own_users_local = self._own(lp.user_inner, lp.user_global)
+        self.own_items_local = self._own(lp.item_inner, lp.item_global)
+        self.inference_exchange: dict = {}
         # The sampler holds its own CSC copy of the edges: drop the COO lists (two int64 arrays
         # of every stored edge, ~0.5 GB per worker on the 2M-user tier).
         del graph
@@ -254,54 +259,36 @@ class PartitionedTrainer(Trainer):
         return local[np.argsort(global_ids[local], kind="stable")]
 
     @torch.no_grad()
-    def _represent(self, users: np.ndarray, items: np.ndarray) -> torch.Tensor:
-        batch = self._global_users(
-            self.inference_sampler.sample_nodes(torch.from_numpy(users), torch.from_numpy(items))
-        )
-        rows = self.tables.gather(batch.input_users.to(self.device))
-        if not len(users) and not len(items):
-            return torch.zeros(0, 0)
-        inputs, _ = self._fetch_features(batch.input_items)
-        user_rep, item_rep = self.model.represent_batch(batch.to(self.device), inputs, rows)
-        return user_rep if len(users) else item_rep
-
-    @torch.no_grad()
     def embeddings(self, own_user_index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(own users' representations, every item's in prepared-id order).
+        """(own users' representations in prepared-id order, every item's in prepared-id order).
 
-        Users: all this partition's own users in prepared-id order, or only those at
-        ``own_user_index`` (indices into that order; the other rows stay zero) — evaluation
-        needs only the users it ranks, which ``eval.max_users`` keeps few at catalog size.
+        Exactly the full-graph computation (:mod:`sea_dist.train.exact_inference`). Users:
+        all own users, or only the rows at ``own_user_index`` are kept (the others are zero):
+        evaluation ranks only the users it samples, and the rows it does not need are not
+        copied out.
         """
         self.model.eval()
-        # big chunks: the sampled neighbourhoods of a chunk's nodes overlap heavily, so the
-        # cost per chunk grows far slower than its size (measured on the 2M-user tier: 1024
-        # items 0.8 s, 4096 items 1.8 s, 16384 items 3.5 s)
-        chunk = max(1, self.cfg.eval.user_batch_size)
-        own_users = self._own(self.part.user_inner, self.part.user_global)
-        wanted = own_users if own_user_index is None else own_users[own_user_index]
-        own_items = self._own(self.part.item_inner, self.part.item_global)
-        width = self.cfg.model.embedding_dim * len(self.model.modalities)
-        parts: dict[str, list[torch.Tensor]] = {"users": [], "items": []}
-        for kind, nodes in (("users", wanted), ("items", own_items)):
-            mine = math.ceil(len(nodes) / chunk)
-            counts = self.ctx.all_gather_rows(torch.tensor([[mine]], dtype=torch.int64))
-            for c in range(int(counts.max())):  # gathers are collectives: same count everywhere
-                piece = nodes[c * chunk : (c + 1) * chunk]
-                empty = np.zeros(0, dtype=np.int64)
-                users, items = (piece, empty) if kind == "users" else (empty, piece)
-                rep = self._represent(users, items)
-                if len(piece):
-                    parts[kind].append(rep.cpu())
+        result = exact_partition_embeddings(
+            self.model,
+            self.operators.to(self.device),
+            self.user_exchange,
+            self.item_exchange,
+            self.own_users_local,
+            torch.from_numpy(self.part.user_global[self.own_users_local]),
+            self.own_items_local,
+            self.part.n_users,
+            self.part.n_items,
+            lambda local: self._fetch_features(torch.from_numpy(local))[0],
+            self.tables.held_rows,
+            chunk=max(1, self.cfg.eval.user_batch_size),
+        )
         self.model.train()
-        reps = torch.cat(parts["users"]) if parts["users"] else torch.zeros(0, width)
-        if own_user_index is None:
-            user_rep = reps
-        else:
-            user_rep = torch.zeros(len(own_users), width)
-            user_rep[torch.from_numpy(np.asarray(own_user_index, dtype=np.int64))] = reps
-        item_rep = torch.cat(parts["items"]) if parts["items"] else torch.zeros(0, width)
-        all_items = self.ctx.all_gather_rows(item_rep.contiguous())  # rank order = prepared order
+        self.inference_exchange = result.exchange.as_dict()
+        user_rep = result.users
+        if own_user_index is not None:
+            keep = torch.from_numpy(np.asarray(own_user_index, dtype=np.int64)).to(user_rep.device)
+            user_rep = torch.zeros_like(user_rep).index_copy_(0, keep, user_rep[keep])
+        all_items = self.ctx.all_gather_rows(result.items.contiguous())  # rank order = prepared order
         return user_rep.to(self.device), all_items.to(self.device)
 
     def validate(self) -> tuple[dict, dict, float]:
@@ -421,6 +408,8 @@ class PartitionedTrainer(Trainer):
             "mean_input_users_per_step_per_worker": column(8),
             "mean_input_items_per_step_per_worker": column(9),
             "mean_block_edges_per_step_per_worker": column(10),
+            # the last evaluation's halo exchanges (exact inference: one per layer)
+            "inference_exchange_rank0": self.inference_exchange,
             "table_traffic_per_step_per_worker": {
                 name: [round(float(v) / steps, 1) for v in traffic_rows[:, i]]
                 for i, name in enumerate(traffic)
@@ -470,8 +459,7 @@ class PartitionedTrainer(Trainer):
         staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
         if cfg.output.write_embeddings:
             user_rep, item_rep = self.embeddings()
-            own_users = self._own(self.part.user_inner, self.part.user_global)
-            staged.write_embeddings("users", self.part.user_raw[own_users], user_rep, name_prefix=f"r{ctx.rank:04d}-")
+            staged.write_embeddings("users", self.part.user_raw[self.own_users_local], user_rep, name_prefix=f"r{ctx.rank:04d}-")
             if ctx.is_main:
                 item_raw = self._item_raw_ids()
                 staged.write_embeddings("items", item_raw, item_rep)

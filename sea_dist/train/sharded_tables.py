@@ -31,7 +31,6 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from sea_dist.model.sea import UserTables, _xavier_normal_std
@@ -225,6 +224,21 @@ class _SparseAdamTables:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
+    def held_rows(self, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Preference rows (one tensor per modality) and modality weights of ``ids``, which
+        this rank must hold (its own users when sharded): no collective, no gradient — what
+        inference reads for the users it computes."""
+        tables = self._held_tables()
+        with torch.no_grad():
+            local = self._held_index(ids.to(device=self.device, dtype=torch.int64))
+            return [t.weight[local] for t in tables[:-1]], tables[-1].weight[local]
+
+    def _held_tables(self) -> list[nn.Embedding]:
+        raise NotImplementedError
+
+    def _held_index(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def rows_state(self) -> dict:
         """The rows only, without optimizer state (the best epoch's copy needs no moments:
         a third of the memory and of its checkpoint bytes)."""
@@ -279,24 +293,22 @@ class ShardedTables(_SparseAdamTables):
     def _tables(self) -> list[nn.Embedding]:
         return [self.local.preferences[m] for m in self.modalities] + [self.local.modality_weights]
 
-    # -- communication
-    def _comm_device(self) -> torch.device:
-        return torch.device("cpu") if dist.get_backend() == "gloo" else self.device
+    def _held_tables(self) -> list[nn.Embedding]:
+        return self._tables()
 
+    def _held_index(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() and (int(ids.min()) < self.lo or int(ids.max()) >= self.hi):
+            raise IndexError(f"rank {self.ctx.rank} holds user ids [{self.lo}, {self.hi}) only")
+        return ids - self.lo
+
+    # -- communication
     def _exchange_counts(self, counts: torch.Tensor) -> torch.Tensor:
-        """``counts[d]`` (any trailing shape) goes to rank ``d``; returns what each rank sent here."""
-        if self.ctx.world_size == 1:
-            return counts.cpu()
-        send = counts.to(self._comm_device()).contiguous()
-        received = torch.empty_like(send)
-        dist.all_to_all_single(received, send)
-        return received.cpu()
+        return self.ctx.exchange_counts(counts)
 
     def _all_to_all(
         self, tensor: torch.Tensor, send: list[int], recv: list[int], count: bool = True
     ) -> torch.Tensor:
-        """Rows ``[sum(send[:d]), sum(send[:d+1]))`` go to rank ``d``; received rows come in
-        source-rank order. Counts off-rank bytes into ``self.traffic``."""
+        """:meth:`WorkerContext.all_to_all_rows`, counting off-rank bytes into ``self.traffic``."""
         if self.ctx.world_size == 1:
             return tensor
         row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
@@ -304,10 +316,7 @@ class ShardedTables(_SparseAdamTables):
             me = self.ctx.rank
             self.traffic.bytes_sent += (sum(send) - send[me]) * row_bytes
             self.traffic.bytes_received += (sum(recv) - recv[me]) * row_bytes
-        comm = self._comm_device()
-        out = torch.empty((sum(recv),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=comm)
-        dist.all_to_all_single(out, tensor.to(comm).contiguous(), recv, send)
-        return out.to(self.device)
+        return self.ctx.all_to_all_rows(tensor, send, recv).to(self.device)
 
     # -- one step
     def gather(self, ids: torch.Tensor) -> GatheredRows:
@@ -453,6 +462,12 @@ class ReplicatedTables(_SparseAdamTables):
 
     def gather(self, ids: torch.Tensor) -> UserTables:
         return self.tables
+
+    def _held_tables(self) -> list[nn.Embedding]:
+        return [self.tables.preferences[m] for m in self.tables.modalities] + [self.tables.modality_weights]
+
+    def _held_index(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
 
     def push_gradients(self, rows: GatheredRows | UserTables | None = None) -> None:
         peers = self.ctx.world_size - 1

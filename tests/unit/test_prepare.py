@@ -148,7 +148,7 @@ def test_part_method_choice_and_config_checks():
     for bad in ({"prepare.part_method": "spectral"}, {"train.user_tables": "mirrored"},
                 {"train.partitioned": True, "train.full_graph": True},
                 {"train.partitioned": True, "train.warm_start": "latest"},
-                {"eval.inference_fanouts": [5]}, {"prepare.knn_nprobe": 0}):
+                {"prepare.knn_nprobe": 0}):
         with pytest.raises(ConfigError):
             validate_config(apply_overrides(Config(), bad))
 
