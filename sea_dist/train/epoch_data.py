@@ -112,3 +112,12 @@ class EpochPlan:
         bounds = np.linspace(start, stop, world_size + 1).astype(np.int64)
         lo, hi = bounds[rank], bounds[rank + 1]
         return self.users[lo:hi], self.pos[lo:hi], self.neg[lo:hi]
+
+    def loss_weight(self, step: int, rank: int, world_size: int) -> float:
+        """What this worker's mean loss is multiplied by so that DDP's equal-weight average
+        over workers is the mean over the whole global batch (``local * world / global``):
+        every triple weighs the same, whichever worker's slice it is in."""
+        start = step * self.batch_size
+        stop = min(start + self.batch_size, len(self.users))
+        bounds = np.linspace(start, stop, world_size + 1).astype(np.int64)
+        return float(bounds[rank + 1] - bounds[rank]) * world_size / max(stop - start, 1)

@@ -239,7 +239,8 @@ class Trainer:
         for step in range(first_step, steps):
             loss_rng = self._seed_step(epoch, step)
             users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
-            terms = self.train_step(users, pos, neg, times, loss_rng)
+            weight = plan.loss_weight(step, ctx.rank, ctx.world_size)
+            terms = self.train_step(users, pos, neg, times, loss_rng, weight)
             for name, value in terms.as_floats().items():
                 sums[name] += value
             times.edges += len(users)
@@ -270,7 +271,9 @@ class Trainer:
         dgl.seed(key % (2**31))
         return torch.Generator().manual_seed(key % (2**63))
 
-    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng) -> LossTerms:
+    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng, loss_weight: float = 1.0) -> LossTerms:
+        """One optimizer step on this worker's slice of the global batch; ``loss_weight``
+        (see ``EpochPlan.loss_weight``) makes unequal slices weigh by their triples."""
         tick = time.monotonic()
         fetch_before = times.feature_fetch_s
         fetched_bytes = 0
@@ -291,7 +294,7 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         self._zero_table_grads()
-        terms.total.backward()  # DDP all-reduces dense gradients here
+        (terms.total * loss_weight).backward()  # DDP all-reduces (averages) dense gradients here
         self._sync_table_grads()
         backward_done = time.monotonic()
         # Q is fitted after the main backward and before the main step, as the reference does.

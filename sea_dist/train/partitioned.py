@@ -67,13 +67,20 @@ class PartitionEpochPlan:
     from the training edges when asked for (two fewer edge-sized arrays per worker).
     """
 
-    def __init__(self, users, items, negatives: NegativeSampler, steps: int, seed: int, epoch: int, rank: int):
+    def __init__(
+        self, users, items, negatives: NegativeSampler, steps: int, seed: int, epoch: int, rank: int,
+        edges_per_rank: list[int],
+    ):
         rng = np.random.default_rng([seed, epoch, rank])
         self.order = rng.permutation(len(users))
         self.train_users, self.train_items = users, items
         self.neg = negatives.sample(users[self.order], rng)
         self.bounds = np.linspace(0, len(users), steps + 1).astype(np.int64)
         self.steps = steps
+        # every rank's batch size at every step (the same linspace cut of its edge count)
+        self.global_batch = sum(
+            np.diff(np.linspace(0, n, steps + 1).astype(np.int64)) for n in edges_per_rank
+        )
 
     def num_steps(self, world_size: int = 1) -> int:
         return self.steps
@@ -82,6 +89,13 @@ class PartitionEpochPlan:
         lo, hi = self.bounds[step], self.bounds[step + 1]
         picked = self.order[lo:hi]
         return self.train_users[picked], self.train_items[picked], self.neg[lo:hi]
+
+    def loss_weight(self, step: int, rank: int, world_size: int) -> float:
+        """Batches are proportional to the partitions' edge counts, so workers' batches differ:
+        scale the local mean loss by ``local * world / global`` and DDP's equal-weight average
+        becomes the mean over the global batch (every triple weighs the same)."""
+        local = int(self.bounds[step + 1] - self.bounds[step])
+        return local * world_size / max(int(self.global_batch[step]), 1)
 
 
 class PartitionedTrainer(Trainer):
@@ -119,6 +133,9 @@ class PartitionedTrainer(Trainer):
         )
         self.train_users = lp.ui_users[lp.train_mask]
         self.train_items = lp.ui_items[lp.train_mask]
+        self.edges_per_rank = [
+            int(n) for n in ctx.all_gather_rows(torch.tensor([[len(self.train_users)]], dtype=torch.int64)).flatten()
+        ]
         self.partition_bytes = lp.nbytes()  # as loaded, before the edge lists are handed over
         graph = TrainGraph(
             n_users=lp.n_users,
@@ -212,7 +229,8 @@ class PartitionedTrainer(Trainer):
     def _epoch_plan(self, epoch: int):
         steps = max(1, math.ceil(int(self.manifest["dataset"]["n_train"]) / self.cfg.train.batch_size))
         return PartitionEpochPlan(
-            self.train_users, self.train_items, self.negatives, steps, self.cfg.train.seed, epoch, self.ctx.rank
+            self.train_users, self.train_items, self.negatives, steps, self.cfg.train.seed, epoch, self.ctx.rank,
+            self.edges_per_rank,
         )
 
     def _fetch_features(self, local_items: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
