@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -33,6 +34,9 @@ _QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "filelock", "fsspe
 
 def configure_logging(level: int = logging.INFO) -> None:
     """One compact format for sea_dist's own progress lines; third-party chatter at WARNING."""
+    # DGL otherwise announces on stderr, in every process of a fresh machine, that no backend
+    # was selected and that it picked (and saved) PyTorch.
+    os.environ.setdefault("DGLBACKEND", "pytorch")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -428,6 +428,12 @@ RAY_QUIET_ENV = {
     # line would reach the console twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+#: Set in every training worker, wherever it runs.
+WORKER_ENV = {
+    # DGL picks its backend from this, or else prints that none was selected and writes
+    # ~/.dgl/config.json (two lines on stderr, per process, on a fresh machine).
+    "DGLBACKEND": "pytorch",
+}
 #: Only for a Ray instance this process starts on its own machine.
 RAY_LOCAL_ENV = {
     # Token authentication, as Ray's default for a new local instance, but chosen explicitly:
@@ -497,6 +503,7 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
             # Ray Train's own INFO lines (resource requests, worker placement, one "Checkpoint
             # successfully created" per report) would outnumber our epoch lines.
             logging_config=LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}},
             callbacks=[_as_ray_callback(DriverMetricsCallback(cfg, dataset_version))]
             if cfg.metrics.port
             else None,
