@@ -202,7 +202,8 @@ class OutputConfig:
     republish: bool = _opt(
         False,
         "train and publish even when MANIFEST.json already holds a model for this dataset "
-        "version and config (a rerun is otherwise a no-op)",
+        "version and config (a rerun is otherwise a no-op), or a model of another dataset "
+        "(which is otherwise refused)",
     )
     keep_runs: int = _opt(2, "published run prefixes kept under output_dir/runs (newest first)")
 
