@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 
 from sea_dist.arrays import sorted_unique
 from sea_dist.data.ids import INT, arrow_id_kind, as_raw_ids, ids_to_arrow, ids_to_numpy
+from sea_dist.ops.retry import s3_config_kwargs, storage_fault, with_retries
 
 __all__ = [
     "DatasetError",
@@ -182,14 +184,16 @@ def make_filesystem(root: str, s3_endpoint_url: str = "") -> tuple[fsspec.Abstra
     stores: MinIO, SeaweedFS, moto). The region is deliberately *not* put into ``client_kwargs``:
     it comes from ``AWS_DEFAULT_REGION`` (passing ``region_name`` makes bucket creation fail
     on moto/us-east-1 with InvalidLocationConstraint). Directory listings are not cached, so a
-    long-lived process sees shards that another process wrote after it first looked.
+    long-lived process sees shards that another process wrote after it first looked. The
+    client retries transient faults per request with the botocore retry mode, attempts and
+    timeouts in force (:func:`sea_dist.ops.retry.s3_config_kwargs`, from the ``data`` config).
     """
     protocol, path = fsspec.core.split_protocol(root)
     if protocol in (None, "file", "local"):
         fs = fsspec.filesystem("file")
         return fs, os.path.abspath(os.path.expanduser(path))
     if protocol in ("s3", "s3a"):
-        kwargs: dict[str, Any] = {"use_listings_cache": False}
+        kwargs: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": s3_config_kwargs()}
         if s3_endpoint_url:
             kwargs["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
         fs = fsspec.filesystem("s3", **kwargs)
@@ -209,52 +213,89 @@ def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def _list_shards(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     """``part-*.parquet`` files of a folder, in name order (the order rows are concatenated in)."""
-    return sorted(fs.glob(posixpath.join(folder, _SHARD_GLOB)))
+    return with_retries(
+        lambda: sorted(fs.glob(posixpath.join(folder, _SHARD_GLOB))), f"listing {_display(fs, folder)}"
+    )
+
+
+@contextmanager
+def _decoding(name: str, where: str = "") -> Iterator[None]:
+    """Errors of pyarrow reading a shard: a storage fault (a dropped connection, a timeout, a
+    missing key, a denied request) goes up as itself, to be retried or reported as what it is;
+    only what is left (the bytes arrived and do not decode) calls the shard corrupted."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, ValueError) as e:
+        if isinstance(e, DatasetError) or storage_fault(e) is not None:
+            raise
+        raise DatasetError(f"{name}: corrupted or unreadable Parquet shard ({where}{e})") from e
 
 
 class _Shard:
-    """An open Parquet shard; errors from pyarrow become DatasetErrors naming the file."""
+    """An open Parquet shard. Decoding errors become DatasetErrors naming the file; transient
+    storage faults are retried (the file reopened first), other storage faults raised as such."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
         self.fs, self.path, self.name = fs, path, _display(fs, path)
         self._fh = None
+        self._pf: pq.ParquetFile | None = None
+        with_retries(self._open, f"opening {self.name}", on_retry=self._drop)
+
+    def _open(self) -> pq.ParquetFile:
+        if self._pf is None:
+            try:
+                with _decoding(self.name):
+                    if _is_local(self.fs):
+                        self._pf = pq.ParquetFile(self.path)
+                    else:
+                        self._fh = self.fs.open(self.path, "rb")
+                        self._pf = pq.ParquetFile(self._fh)
+            except BaseException:
+                self.close()
+                raise
+        return self._pf
+
+    def _drop(self, _error: BaseException | None = None) -> None:
+        """Forget the open file (its connection may be broken); the next read reopens it."""
         try:
-            if _is_local(fs):
-                self.pf = pq.ParquetFile(path)
-            else:
-                self._fh = fs.open(path, "rb")
-                self.pf = pq.ParquetFile(self._fh)
-        except (pa.ArrowException, OSError, ValueError) as e:
             self.close()
-            raise DatasetError(f"{self.name}: corrupted or unreadable Parquet shard ({e})") from e
+        except Exception:  # noqa: BLE001 - closing a broken handle may fail; it is dropped anyway
+            self._pf = self._fh = None
+
+    @property
+    def pf(self) -> pq.ParquetFile:
+        return self._open()
 
     @property
     def num_rows(self) -> int:
         return int(self.pf.metadata.num_rows)
 
     def read(self, columns: Sequence[str]) -> pa.Table:
-        try:
-            return self.pf.read(columns=list(columns))
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise DatasetError(f"{self.name}: corrupted or unreadable Parquet shard ({e})") from e
+        def read() -> pa.Table:
+            with _decoding(self.name):
+                return self._open().read(columns=list(columns))
+
+        return with_retries(read, f"reading {self.name}", on_retry=self._drop)
+
+    def read_row_group(self, rg: int, columns: Sequence[str]) -> pa.Table:
+        def read() -> pa.Table:
+            with _decoding(self.name, f"row group {rg}: "):
+                return self._open().read_row_group(rg, columns=list(columns))
+
+        return with_retries(read, f"reading {self.name} row group {rg}", on_retry=self._drop)
 
     def iter_row_groups(self, columns: Sequence[str]) -> Iterator[pa.Table]:
         """One row group at a time, so reading a large feature shard needs no second full copy."""
         for rg in range(self.pf.num_row_groups):
-            try:
-                yield self.pf.read_row_group(rg, columns=list(columns))
-            except (pa.ArrowException, OSError, ValueError) as e:
-                raise DatasetError(
-                    f"{self.name}: corrupted or unreadable Parquet shard (row group {rg}: {e})"
-                ) from e
+            yield self.read_row_group(rg, columns)
 
     def close(self) -> None:
-        pf = getattr(self, "pf", None)
+        pf, fh = self._pf, self._fh
+        self._pf = self._fh = None
         if pf is not None:
             pf.close()
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if fh is not None:
+            fh.close()
 
     def __enter__(self) -> "_Shard":
         return self
@@ -390,15 +431,20 @@ def load_meta(root: str, s3_endpoint_url: str = "") -> DatasetMeta:
 
 
 def _load_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMeta:
-    if not fs.exists(path):
-        raise DatasetError(f"{root}: dataset root does not exist")
     meta_path = posixpath.join(path, "dataset.json")
     where = _display(fs, meta_path)
-    if not fs.exists(meta_path):
-        raise DatasetError(f"{where}: dataset.json is missing (not a dataset root?)")
-    try:
+
+    def read() -> bytes:
+        if not fs.exists(path):
+            raise DatasetError(f"{root}: dataset root does not exist")
+        if not fs.exists(meta_path):
+            raise DatasetError(f"{where}: dataset.json is missing (not a dataset root?)")
         with fs.open(meta_path, "rb") as f:
-            obj = json.loads(f.read().decode("utf-8"))
+            return f.read()
+
+    raw = with_retries(read, f"reading {where}")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{where}: malformed JSON ({e})") from e
     return DatasetMeta.from_dict(obj, where)

@@ -36,6 +36,17 @@ sorted catalogs) hit for free. The bound is in rows, so memory is about
 ``cache_rows * dim * itemsize`` (1M rows x 384 float32 = 1.5 GB; lower it for 4096-d
 features). A row group larger than ``cache_rows`` is served but not kept.
 
+Storage faults
+--------------
+A row group read is many requests (pre-buffered ranged GETs issued by pyarrow through a file
+object). botocore retries each request (``data.s3_max_attempts``); when a read still fails
+with a transient fault (a connection dropped half way through a body, an endpoint gone for
+longer than botocore's attempts), the shard's file is dropped and reopened and the row group
+read again (:func:`sea_dist.ops.retry.with_retries`, ``data.storage_retries`` attempts),
+counted in :attr:`FetchStats.retries`. Reads are idempotent, so a retried fetch returns the
+same rows. Permanent faults (missing key, access denied) are raised as themselves; only bytes
+that arrived and do not decode are reported as a corrupted shard (:class:`DatasetError`).
+
 Not thread-safe by design of the stats; a lock makes concurrent ``fetch`` calls serialise
 instead of corrupting state. A store pickles without its cache and open files (DataLoader
 workers, Ray tasks), which reopen lazily.
@@ -62,10 +73,12 @@ from sea_dist.data.dataset import (
     _display,
     _is_local,
     _list_shards,
+    _decoding,
     _Shard,
     _SHARD_GLOB,
     make_filesystem,
 )
+from sea_dist.ops.retry import with_retries
 
 __all__ = ["FetchStats", "FeatureStore", "open_feature_stores"]
 
@@ -101,7 +114,8 @@ class FetchStats:
     groups served from the cache; ``row_groups_skipped``: row groups ruled out by their
     statistics (summed over fetches); ``rows_served``: requested rows, duplicates included;
     ``cache_hits``/``cache_misses``: requested rows whose row group was / was not in the cache
-    when the fetch reached it.
+    when the fetch reached it; ``retries``: row group reads retried after a transient storage
+    fault (see the module docstring).
     """
 
     fetches: int = 0
@@ -113,6 +127,7 @@ class FetchStats:
     rows_served: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    retries: int = 0
 
     def snapshot(self) -> "FetchStats":
         """A copy of the counters now."""
@@ -254,7 +269,7 @@ class FeatureStore:
     def _ids_without_stats(self, sh: _Shard, g: int, id_col: int) -> tuple[int, int]:
         """Min/max of a row group whose footer lacks (exact) statistics: read its id column once."""
         log.warning("%s: row group %d has no exact item_id statistics; reading its ids to index it", sh.name, g)
-        ids = np.sort(ids_to_numpy(sh.pf.read_row_group(g, columns=["item_id"]).column("item_id")))
+        ids = np.sort(ids_to_numpy(sh.read_row_group(g, ["item_id"]).column("item_id")))
         self.stats.bytes_read += int(sh.pf.metadata.row_group(g).column(id_col).total_compressed_size)
         return ids[0].item(), ids[-1].item()
 
@@ -339,11 +354,17 @@ class FeatureStore:
     def _read_row_group(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         s, local = int(self._rg_shard[g]), int(self._rg_local[g])
         name = self._names[s]
-        pf = self._parquet_file(s)
-        try:
-            table = pf.read_row_group(local, columns=list(_COLUMNS))
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise DatasetError(f"{name}: corrupted or unreadable Parquet shard (row group {local}: {e})") from e
+
+        def read() -> pa.Table:
+            pf = self._parquet_file(s)
+            with _decoding(name, f"row group {local}: "):
+                return pf.read_row_group(local, columns=list(_COLUMNS))
+
+        def reopen(_error: BaseException) -> None:
+            self.stats.retries += 1
+            self._close_file(s)
+
+        table = with_retries(read, f"reading {name} row group {local}", on_retry=reopen)
         self.stats.row_groups_read += 1
         self.stats.bytes_read += int(self._rg_bytes[g])
         if table.num_rows != self._rg_rows[g]:
@@ -388,7 +409,7 @@ class FeatureStore:
             self._open.move_to_end(s)
             return hit[0]
         path, md = self.files[s], self._meta[s]
-        try:
+        with _decoding(self._names[s]):
             if _is_local(self.fs):
                 fh = None
                 pf = pq.ParquetFile(path, metadata=md, pre_buffer=True)
@@ -399,8 +420,6 @@ class FeatureStore:
                     kw["size"] = self._sizes[s]
                 fh = self.fs.open(path, "rb", **kw)
                 pf = pq.ParquetFile(fh, metadata=md, pre_buffer=True)
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise DatasetError(f"{self._names[s]}: corrupted or unreadable Parquet shard ({e})") from e
         self._open[s] = (pf, fh)
         while len(self._open) > _MAX_OPEN_FILES:
             _, (old_pf, old_fh) = self._open.popitem(last=False)
@@ -408,6 +427,16 @@ class FeatureStore:
             if old_fh is not None:
                 old_fh.close()
         return pf
+
+    def _close_file(self, s: int) -> None:
+        """Drop shard ``s``'s open file (after a storage fault its connection may be broken)."""
+        pf, fh = self._open.pop(s, (None, None))
+        for handle in (pf, fh):
+            try:
+                if handle is not None:
+                    handle.close()
+            except Exception:  # noqa: BLE001 - a broken handle is dropped either way
+                pass
 
     # ---------------------------------------------------------------------------------------
     # housekeeping

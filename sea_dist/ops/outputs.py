@@ -2,6 +2,8 @@
 
 ``metrics.jsonl`` grows by one line per epoch; ``summary.json`` and the embeddings are written
 at the end by rank 0. Everything goes through fsspec, so ``--output-dir s3://...`` works.
+Every write is one retried operation (:func:`sea_dist.ops.retry.with_retries`): a write that
+failed on a transient storage fault is redone whole (object stores never show half a PUT).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class RunOutputs:
     def __init__(self, output_dir: str, s3_endpoint_url: str = ""):
         self.uri = output_dir
         self.fs, self.path = make_filesystem(output_dir, s3_endpoint_url)
-        self.fs.makedirs(self.path, exist_ok=True)
+        with_retries(lambda: self.fs.makedirs(self.path, exist_ok=True), f"creating {self.path}")
         self._metrics_lines: list[str] = []
 
     def _join(self, *parts: str) -> str:
@@ -85,7 +87,7 @@ class RunOutputs:
         (``name_prefix`` keeps the files of several writers, e.g. one per rank, apart)."""
         id_column = "user_id" if kind == "users" else "item_id"
         folder = self._join("embeddings", kind)
-        self.fs.makedirs(folder, exist_ok=True)
+        with_retries(lambda: self.fs.makedirs(folder, exist_ok=True), f"creating {folder}")
         written = []
         for shard, start in enumerate(range(0, max(len(raw_ids), 1), rows_per_shard)):
             stop = start + rows_per_shard

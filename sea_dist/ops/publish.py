@@ -13,6 +13,11 @@ A run writes everything under its own ``runs/<publish_id>/`` prefix, then replac
 any point before that leaves the previous manifest, hence the previous model, in place;
 the orphaned prefix is removed by the next successful publish. The manifest lists every
 file with its size, so a reader can verify it has the whole model.
+
+Every read, listing and write is retried on transient storage faults
+(:func:`sea_dist.ops.retry.with_retries`); run prefixes are found from the files under
+``runs/``, not from a delimiter listing, because some stores (SeaweedFS) keep listing a
+prefix as a folder after its last object is deleted.
 """
 from __future__ import annotations
 
@@ -28,6 +33,11 @@ from sea_dist.ops.retry import with_retries
 
 MANIFEST = "MANIFEST.json"
 RUNS = "runs"
+#: ``data`` keys that say how to reach storage, not what the model is
+_STORAGE_KEYS = (
+    "s3_max_attempts", "s3_retry_mode", "s3_connect_timeout_s", "s3_read_timeout_s",
+    "storage_retries", "storage_retry_max_delay_s",
+)
 
 
 class PublishError(RuntimeError):
@@ -42,6 +52,8 @@ def config_fingerprint(config: dict) -> str:
     for key in ("resume", "run_name", "storage_path", "max_failures"):
         train.pop(key, None)
     relevant["train"] = train
+    if "data" in relevant:
+        relevant["data"] = {k: v for k, v in relevant["data"].items() if k not in _STORAGE_KEYS}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -105,13 +117,33 @@ class Publisher:
                 f.write(text)
 
     def _remove_old_runs(self, current: str, keep: int) -> None:
-        """Drop run prefixes beyond the newest ``keep`` (the published one always stays)."""
+        """Drop run prefixes beyond the newest ``keep`` (the published one always stays), and
+        empty ones (a crashed attempt's folder locally).
+
+        Runs are counted from the files under ``runs/``: an emptied prefix that the store
+        still lists as a folder (SeaweedFS) must not take a kept run's place."""
         runs_dir = posixpath.join(self.root, RUNS)
-        if not self.fs.exists(runs_dir):
-            return
-        others = sorted(e for e in self.fs.ls(runs_dir, detail=False) if posixpath.basename(e) != current)
-        for entry in others[: max(len(others) - (keep - 1), 0)]:
-            self.fs.rm(entry, recursive=True)
+
+        def listing() -> tuple[set[str], set[str]]:
+            if not self.fs.exists(runs_dir):
+                return set(), set()
+            listed = {posixpath.basename(e.rstrip("/")) for e in self.fs.ls(runs_dir, detail=False)}
+            with_files = {posixpath.relpath(p, runs_dir).split("/", 1)[0] for p in self.fs.find(runs_dir)}
+            return listed, with_files
+
+        listed, with_files = with_retries(listing, f"listing {runs_dir}")
+        runs = sorted(with_files - {current, ".", ""})
+        doomed = sorted(listed - with_files - {current, ""}) + runs[: max(len(runs) - (keep - 1), 0)]
+        for name in doomed:
+            entry = posixpath.join(runs_dir, name)
+
+            def remove(entry: str = entry) -> None:
+                try:
+                    self.fs.rm(entry, recursive=True)
+                except FileNotFoundError:  # an empty folder that was only a listing artefact
+                    pass
+
+            with_retries(remove, f"removing {entry}")
 
     def published_file(self, name: str) -> str:
         """Filesystem path of ``name`` in the published model, checked against the manifest."""

@@ -50,7 +50,7 @@ from sea_dist.graph.ann import topk_cosine
 from sea_dist.graph.knn import mixed_knn_graph
 from sea_dist.graph.partition import choose_part_method, write_partitions
 from sea_dist.model.normalization import modality_mix_weights
-from sea_dist.ops.retry import with_retries
+from sea_dist.ops.retry import configure_storage, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def prepared_root(cfg: Config) -> tuple[object, str, str]:
 
 def resolve_version(cfg: Config) -> tuple[str, dict]:
     fs, path, _ = prepared_root(cfg)
-    inputs = input_fingerprint(fs, path)
+    inputs = with_retries(lambda: input_fingerprint(fs, path), f"listing {cfg.data.root}")
     settings = prepare_settings(cfg)
     key = hashlib.sha256(json.dumps([inputs["sha256"], settings], sort_keys=True).encode())
     return f"p{settings['num_parts']}-{key.hexdigest()[:12]}", {"inputs": inputs, "settings": settings}
@@ -146,19 +146,25 @@ def find_prepared(cfg: Config) -> Prepared | None:
     fs, path, scheme = prepared_root(cfg)
     version, _ = resolve_version(cfg)
     folder = posixpath.join(path, "prepared", version)
-    manifest_path = posixpath.join(folder, MANIFEST)
-    if not fs.exists(manifest_path):
-        return None
-    manifest = json.loads(fs.cat_file(manifest_path))
-    return Prepared(scheme + folder, manifest, reused=True)
+    manifest = _read_manifest(fs, posixpath.join(folder, MANIFEST))
+    return None if manifest is None else Prepared(scheme + folder, manifest, reused=True)
+
+
+def _read_manifest(fs, manifest_path: str) -> dict | None:
+    """A prepared version's manifest, or None where there is none (storage faults retried)."""
+
+    def read() -> bytes | None:
+        return fs.cat_file(manifest_path) if fs.exists(manifest_path) else None
+
+    raw = with_retries(read, f"reading {manifest_path}")
+    return None if raw is None else json.loads(raw)
 
 
 def load_prepared(uri: str, s3_endpoint_url: str = "") -> Prepared:
     fs, path = make_filesystem(uri, s3_endpoint_url)
-    manifest_path = posixpath.join(path, MANIFEST)
-    if not fs.exists(manifest_path):
+    manifest = _read_manifest(fs, posixpath.join(path, MANIFEST))
+    if manifest is None:
         raise DatasetError(f"{uri}: no {MANIFEST} (not a complete prepared version; rerun prepare)")
-    manifest = json.loads(fs.cat_file(manifest_path))
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"{uri}: prepared format {manifest.get('format')} != {FORMAT}; rerun prepare")
     return Prepared(uri, manifest, reused=True)
@@ -168,13 +174,15 @@ def run_prepare(cfg: Config) -> Prepared:
     """Build (or reuse) the prepared version for ``cfg``; returns where it is."""
     if not cfg.data.root:
         raise DatasetError("prepare needs data.root (a local path or s3:// URI)")
+    configure_storage(cfg.data)  # this run's S3 retry settings for every client made below
     fs, path, scheme = prepared_root(cfg)
     version, identity = resolve_version(cfg)
     folder = posixpath.join(path, "prepared", version)
     uri = scheme + folder
-    if not cfg.prepare.force and fs.exists(posixpath.join(folder, MANIFEST)):
+    existing = None if cfg.prepare.force else _read_manifest(fs, posixpath.join(folder, MANIFEST))
+    if existing is not None:
         _say(f"{uri} is up to date (same inputs and settings): nothing to do")
-        return Prepared(uri, json.loads(fs.cat_file(posixpath.join(folder, MANIFEST))), reused=True)
+        return Prepared(uri, existing, reused=True)
 
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -237,8 +245,11 @@ def run_prepare(cfg: Config) -> Prepared:
 
         tick = time.monotonic()
         _say(f"uploading to {uri}")
-        if fs.exists(folder):  # an interrupted earlier attempt (no manifest): start clean
-            fs.rm(folder, recursive=True)
+        def clear() -> None:  # an interrupted earlier attempt (no manifest): start clean
+            if fs.exists(folder):
+                fs.rm(folder, recursive=True)
+
+        with_retries(clear, f"clearing {uri}")
         with_retries(lambda: fs.put(scratch.rstrip("/") + "/", folder, recursive=True), f"uploading {uri}")
         timings["upload_s"] = time.monotonic() - tick
         uploaded = _folder_bytes(scratch)

@@ -11,6 +11,11 @@ Layout of one checkpoint directory:
   SparseAdam state. Every rank reports its own file and Ray Train merges the workers' files
   into one directory; on resume each rank reads ``state.pt`` and its own file only, never the
   other shards (at catalog size a shard is gigabytes).
+
+Files are written to a local directory (Ray Train uploads it, through the filesystem
+:func:`sea_dist.train.launcher.storage_for` gives it, whose S3 client retries per request).
+Reading a shard from storage is retried whole on transient storage faults; a missing file
+or denied read fails at once.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import os
 import posixpath
 
 import torch
+
+from sea_dist.ops.retry import with_retries
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -57,10 +64,14 @@ def load_sharded_checkpoint(fs, path: str, rank: int, map_location="cpu") -> dic
 
     def read(name: str) -> dict:
         where = posixpath.join(path, name)
-        if fs.get_file_info(where).type != pafs.FileType.File:
-            raise FileNotFoundError(f"no {name} in checkpoint directory {path}")
-        with fs.open_input_file(where) as f:  # seekable: torch reads it without a full copy in memory
-            return torch.load(f, map_location=map_location, weights_only=True)
+
+        def load() -> dict:
+            if fs.get_file_info(where).type != pafs.FileType.File:
+                raise FileNotFoundError(f"no {name} in checkpoint directory {path}")
+            with fs.open_input_file(where) as f:  # seekable: torch reads it without a full copy in memory
+                return torch.load(f, map_location=map_location, weights_only=True)
+
+        return with_retries(load, f"reading checkpoint {where}")
 
     state = read(CHECKPOINT_FILE)
     state["rank_state"] = read(rank_file(rank))
