@@ -148,7 +148,7 @@ class TrainConfig:
     max_failures: int = _opt(
         2,
         "Ray Train worker-group restarts after a worker dies (resuming from the latest "
-        "checkpoint) before the run fails",
+        "checkpoint) before the run fails; data and configuration errors are never retried",
     )
     resume: bool = _opt(False, "continue the run named run_name from its latest checkpoint")
     run_name: str = _opt("", "Ray Train run name (checkpoints under storage_path/run_name)")
