@@ -37,7 +37,10 @@ class NegativeSampler:
         train_items: np.ndarray,
         n_items: int,
         rule: str = "train_items",
+        train_item_mask: np.ndarray | None = None,
     ):
+        """``train_item_mask`` (``[n_items]`` bool): which items occur in training, when the
+        edges given are not all of them (a partition holds its own users' edges only)."""
         if rule not in NEGATIVE_RULES:
             raise ValueError(f"negative rule must be one of {NEGATIVE_RULES}, got {rule!r}")
         self.rule = rule
@@ -46,7 +49,10 @@ class NegativeSampler:
         train_items = np.asarray(train_items, dtype=np.int64)
         self.keys = sorted_unique(train_users * self.n_items + train_items)
         # None = every index; otherwise the sorted distinct items the draws index into
-        self.candidates: np.ndarray | None = None if rule == "all_items" else sorted_unique(train_items)
+        self.candidates: np.ndarray | None = None
+        if rule == "train_items":
+            in_training = sorted_unique(train_items) if train_item_mask is None else np.flatnonzero(train_item_mask)
+            self.candidates = in_training.astype(np.int64)
         history = np.bincount(self.keys // self.n_items) if len(self.keys) else np.zeros(0, np.int64)
         if len(history) and history.max() >= self.num_candidates:
             heavy = int(np.argmax(history))

@@ -102,3 +102,15 @@ def test_config_defaults_to_mmrecs_rule_and_rejects_others():
     cfg.train.negative_items = "everything"
     with pytest.raises(ConfigError, match="negative_items"):
         validate_config(cfg)
+
+
+def test_train_item_mask_names_the_training_items_a_partition_does_not_hold():
+    # a partition holds user 0's edges only (items 0, 1); items 0..3 occur in the whole
+    # training split, item 4 nowhere: negatives come from 2, 3 (never the cold item 4)
+    users, items = np.array([0, 0]), np.array([0, 1])
+    mask = np.array([True, True, True, True, False])
+    sampler = NegativeSampler(users, items, 5, train_item_mask=mask)
+    assert sampler.num_candidates == 4
+    negatives = sampler.sample(np.zeros(400, dtype=np.int64), np.random.default_rng(0))
+    counts = np.bincount(negatives, minlength=5)
+    assert counts[[0, 1, 4]].sum() == 0 and min(counts[2], counts[3]) > 150
