@@ -435,9 +435,11 @@ def _load_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMe
     where = _display(fs, meta_path)
 
     def read() -> bytes:
-        if not fs.exists(path):
-            raise DatasetError(f"{root}: dataset root does not exist")
+        # the key first: s3fs answers "no" for a bucket it cannot reach, whatever the reason,
+        # but raises the real error (denied, connection refused) for a key
         if not fs.exists(meta_path):
+            if not fs.exists(path):
+                raise DatasetError(f"{root}: dataset root does not exist")
             raise DatasetError(f"{where}: dataset.json is missing (not a dataset root?)")
         with fs.open(meta_path, "rb") as f:
             return f.read()
