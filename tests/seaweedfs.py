@@ -102,7 +102,7 @@ def seaweedfs() -> Iterator[S3Store]:
     args = [
         WEED, "server", f"-dir={os.path.join(work, 'data')}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-filer", "-s3", f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=16",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=16", "-volume.preStopSeconds=0",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
     log_path = os.path.join(work, "weed.log")

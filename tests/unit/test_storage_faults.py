@@ -321,6 +321,10 @@ def test_wrong_credentials_fail_fast(s3_store, monkeypatch):
                 with_retries(lambda: wrong.cat_file(f"{bare}/creds.txt"), "reading with wrong credentials")
             sent = endpoint.requests[before:]
             assert len(sent) == len(set(sent)) > 0  # refused at once: no request sent twice
+            # a root at the top of the bucket: denied, not "does not exist" (s3fs says a bucket
+            # it may not read does not exist; dataset.json is asked for first)
+            with pytest.raises(PermissionError):
+                load_meta(f"s3://{s3_store.bucket}", endpoint.url)
     finally:
         endpoint.close()
 
