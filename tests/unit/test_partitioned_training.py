@@ -112,6 +112,21 @@ def test_sharded_and_replicated_tables_train_the_same_model(prepared, tmp_path):
     assert all(v > 0 for v in part["partition_bytes_read_per_worker"])
 
 
+def _chance_recall_at_20(root: str) -> float:
+    """Expected test Recall@20 of a random ranking: a user with c unmasked items finds each
+    relevant one in a random top 20 with probability min(20, c) / c (test users with a
+    training interaction, as evaluated)."""
+    from sea_dist.data.dataset import load_dataset
+
+    ds = load_dataset(root)
+    train_users, _ = ds.split_edges(0)
+    test_users, _ = ds.split_edges(2)
+    trained = np.bincount(train_users, minlength=ds.n_users)
+    users = np.unique(test_users[trained[test_users] > 0])
+    candidates = ds.n_items - trained[users]
+    return float(np.mean(np.minimum(20, candidates) / candidates))
+
+
 @pytest.fixture(scope="module")
 def prepared_string_ids(tmp_path_factory):
     from tests.string_ids import write_string_id_synthetic
@@ -134,7 +149,13 @@ def test_partitioned_run_evaluates_and_exports_every_user(ids, request, tmp_path
     results = run_distributed(_train, 2, _flat(cfg))
     summary = results[0]["summary"]
     assert summary["mode"] == "partitioned" and summary["world_size"] == 2
-    assert 0.0 < summary["valid"]["recall@20"] <= 1.0
+    # 8 steps of training do not beat popularity on 150 items (0.27 vs 0.28 measured), but they
+    # must beat chance clearly: a broken model or misaligned ids rank at chance or below.
+    # Measured: 0.2705 (int ids), 0.2249 (str ids, a 150-user sample) vs chance 0.1455.
+    recall, chance = summary["test"]["recall@20"], _chance_recall_at_20(root)
+    print(f"partitioned ({ids} ids): test recall@20 {recall:.4f}, chance {chance:.4f}, "
+          f"popularity {summary['popularity_test_recall@20']:.4f}")
+    assert recall >= 1.3 * chance, (recall, chance)
     if ids == "str":
         assert 30 <= summary["evaluated_users"]["valid"] <= 130  # of ~205 with a validation item
     else:
