@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from sea_dist.config import ModelConfig
+from sea_dist.model.club_fit import Pair, fit_club
 from sea_dist.model.losses import (
     GaussianPredictor,
     bpr_loss,
     club_bound,
-    club_learning_loss,
     solosim_loss,
 )
 from sea_dist.model.sea import SEA, AuxiliaryViews
@@ -55,9 +55,7 @@ class ClubEstimators(nn.Module):
     def net_for(self, modality: str) -> GaussianPredictor:
         return self.nets["shared" if self.mode == "as_published" else modality]
 
-    def fitting_pairs(
-        self, generic: dict[str, torch.Tensor], unique: dict[str, torch.Tensor]
-    ) -> list[tuple[GaussianPredictor, torch.Tensor, torch.Tensor]]:
+    def fitting_pairs(self, generic: dict[str, torch.Tensor], unique: dict[str, torch.Tensor]) -> list[Pair]:
         """(Q, x, y) triples Q is fitted on; tensors are detached here."""
         if self.mode == "as_published" and len(self.modalities) == 2:
             image, text = self.modalities
@@ -69,39 +67,49 @@ class ClubEstimators(nn.Module):
         return [(self.net_for(m), generic[m].detach(), unique[m].detach()) for m in self.modalities]
 
 
-def fit_club(
-    pairs: list[tuple[GaussianPredictor, torch.Tensor, torch.Tensor]],
+class RowGatherer(Protocol):
+    """What :func:`gather_fitting_pairs` needs from the caller's worker group (the training
+    loop's ``WorkerContext`` is one): rows of every worker, concatenated in rank order."""
+
+    def all_gather_rows(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+def gather_fitting_pairs(pairs: list[Pair], workers: RowGatherer) -> list[Pair]:
+    """Every worker's rows of ``pairs`` (same Q's, same order), in one collective.
+
+    All pairs come from one batch's items, so they have equal row counts: x and y of every
+    pair travel side by side in one [rows, sum of widths] tensor (a few MB per step).
+    """
+    if not pairs:
+        return pairs
+    tensors = [t.detach() for _, x, y in pairs for t in (x, y)]
+    if len({t.shape[0] for t in tensors}) != 1 or any(t.dim() != 2 for t in tensors):
+        raise ValueError("gather_fitting_pairs: the pairs' x and y must be 2-D with equal row counts")
+    gathered = workers.all_gather_rows(torch.cat(tensors, dim=1))
+    parts = torch.split(gathered, [t.shape[1] for t in tensors], dim=1)
+    return [(net, parts[2 * i], parts[2 * i + 1]) for i, (net, _, _) in enumerate(pairs)]
+
+
+def fit_club_step(
+    club: ClubEstimators,
+    generic: dict[str, torch.Tensor],
+    unique: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     steps: int,
-    after_backward: Callable[[], None] | None = None,
+    workers: RowGatherer | None = None,
 ) -> float:
-    """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood of the
-    pairs (each pair's loss is a mean over its rows).
+    """Q's fit for one training step, as the reference does it after the main backward.
 
-    The reference shuffles the rows before every step; the loss is a full-batch mean, so
-    the order changes nothing and we skip it. Pairs sharing one Q are evaluated as one
-    concatenated batch (same value when the pairs have equal row counts, as they do).
-    ``after_backward`` lets a distributed caller average Q's gradients across workers.
-    Returns the last step's loss.
+    With ``workers`` (several data-parallel workers) the step's detached pairs are gathered
+    once and every worker runs the same fit on all rows locally: the mean over all rows is
+    what per-inner-step gradient averaging computed, replicas stay equal because inputs and
+    initial state are equal, and the step costs one collective instead of one per inner step.
+    Returns the last inner step's loss.
     """
-    if not pairs or steps <= 0:
-        return 0.0
-    grouped: dict[int, tuple[GaussianPredictor, list, list]] = {}
-    for net, x, y in pairs:
-        grouped.setdefault(id(net), (net, [], []))
-        grouped[id(net)][1].append(x)
-        grouped[id(net)][2].append(y)
-    batches = [(net, torch.cat(xs), torch.cat(ys), len(xs)) for net, xs, ys in grouped.values()]
-    last = 0.0
-    for _ in range(steps):
-        loss = sum(count * club_learning_loss(net, x, y) for net, x, y, count in batches)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if after_backward is not None:
-            after_backward()
-        optimizer.step()
-        last = float(loss.detach())
-    return last
+    pairs = club.fitting_pairs(generic, unique)
+    if workers is not None:
+        pairs = gather_fitting_pairs(pairs, workers)
+    return fit_club(pairs, optimizer, steps)
 
 
 @dataclass

@@ -1,0 +1,314 @@
+"""Q's inner fit (CLUB's variational nets), computed with few, large kernels.
+
+What is fitted is unchanged: ``steps`` Adam steps on the summed negative log-likelihood of the
+(x, y) pairs, each pair's loss a mean over its rows, exactly as autograd plus
+``torch.optim.Adam`` would do it. Why it is written by hand: Q is tiny (32 -> 8 -> 32, two
+heads, ~1.1k parameters) and its rows are few thousand, so autograd's ~60 small kernels per
+step and the optimizer's per-tensor loop cost more than the arithmetic. Here one inner step is
+3 batched matmuls forward, 5 backward, ~10 elementwise passes and one Adam update over one flat
+buffer holding every Q's parameters; several Q's (one per modality) with equal row counts are
+fitted in the same batched kernels.
+
+The fit runs with one intra-op thread (:func:`intra_op_threads`): its kernels are a few
+hundred microseconds long, and splitting them over threads costs more in wake-ups than it
+saves — under load a second thread made one fit 16x slower (issue 13).
+
+The optimizer's state is read from and written back to the caller's ``torch.optim.Adam``, so
+checkpoints, resumes and the reference-style optimizer stay as they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from sea_dist.model.losses import GaussianPredictor, club_learning_loss
+
+Pair = tuple[GaussianPredictor, torch.Tensor, torch.Tensor]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the previous count after."""
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _layers(net: GaussianPredictor) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """(mu in, logvar in, mu out, logvar out) of one Q, checked against the shape fitted here."""
+    mu_in, mu_out, lv_in, lv_out = net.mu[0], net.mu[2], net.logvar[0], net.logvar[2]
+    expected = (nn.Linear, nn.ReLU, nn.Linear, nn.Linear, nn.ReLU, nn.Linear, nn.Tanh)
+    found = tuple(type(m) for m in (*net.mu, *net.logvar))
+    if found != expected or mu_in.out_features != lv_in.out_features:
+        raise TypeError(f"fit_club: unexpected Q layout {found}")
+    return mu_in, lv_in, mu_out, lv_out
+
+
+class _NetFit:
+    """One Q and its rows, laid out so every kernel of a step is a plain, well-shaped one.
+
+    Rows run along the columns (activations are [features, rows]): the matmuls then have the
+    long dimension as their output's width, about twice as fast as the row-major form for
+    these shapes. Q's parameters are views of the fit's flat buffer, in the order
+    ``shapes`` gives: ``w1`` [2h, d_x] stacks both heads' input layers (mu rows first),
+    ``b1`` [2h, 1], ``w_mu``/``w_lv`` [d_y, h], ``b_mu``/``b_lv`` [d_y, 1]. Scratch buffers
+    are allocated once per fit: fresh multi-hundred-kB tensors at every step cost page
+    faults that outweigh the arithmetic here.
+
+    ``scale`` is the loss weight over the row count (the loss is ``scale`` times the summed
+    negative log-likelihood of the rows).
+    """
+
+    def __init__(self, net: GaussianPredictor, x: torch.Tensor, y: torch.Tensor, scale: float):
+        mu_in, _, mu_out, _ = _layers(net)
+        self.net, self.scale, self.hidden = net, scale, mu_in.out_features
+        rows, d_x, d_y, h = x.shape[0], x.shape[1], y.shape[1], self.hidden
+        self.x = x.contiguous()  # [R, d_x]: the input layer's weight gradient
+        self.x_t = x.t().contiguous()  # [d_x, R]
+        self.y_t = y.t().contiguous()  # [d_y, R]
+        self.shapes = {
+            "w1": (2 * h, d_x),
+            "b1": (2 * h, 1),
+            "w_mu": (d_y, h),
+            "w_lv": (d_y, h),
+            "b_mu": (d_y, 1),
+            "b_lv": (d_y, 1),
+        }
+        new = lambda *shape: x.new_empty(shape)  # noqa: E731
+        self.act = new(2 * h, rows)  # hidden activations
+        self.g_act = new(2 * h, rows)
+        self.relu_on = new(2 * h, rows)
+        self.diff, self.sig, self.prec, self.g_mu, self.g_lv, self.dtanh = (new(d_y, rows) for _ in range(6))
+        self.two = x.new_full((), 2.0)
+
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape in self.shapes.items():
+            n = math.prod(shape)
+            out[name] = flat[offset : offset + n].view(shape)
+            offset += n
+        return out
+
+    def parameter_views(self, flat: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(module parameter, its place in ``flat``) for every parameter of this Q."""
+        v, h = self.views(flat), self.hidden
+        mu_in, lv_in, mu_out, lv_out = _layers(self.net)
+        return [
+            (mu_in.weight, v["w1"][:h]),
+            (lv_in.weight, v["w1"][h:]),
+            (mu_in.bias, v["b1"][:h, 0]),
+            (lv_in.bias, v["b1"][h:, 0]),
+            (mu_out.weight, v["w_mu"]),
+            (lv_out.weight, v["w_lv"]),
+            (mu_out.bias, v["b_mu"][:, 0]),
+            (lv_out.bias, v["b_lv"][:, 0]),
+        ]
+
+    def gradients(self, p: dict[str, torch.Tensor], grad: dict[str, torch.Tensor], want_loss: bool) -> float:
+        """Write d(loss)/d(parameters) into ``grad``; the loss value only when asked (a sync).
+
+        With mu, logvar = Q(x), d = mu - y, logvar = tanh(z), the loss is
+        ``scale * sum[d^2 exp(-logvar) / 2 + logvar / 2]``. tanh(z) is taken as
+        2 sigmoid(2z) - 1 (sigmoid is ~6x cheaper than tanh on CPU; the two agree to ~1e-7),
+        so with sg = sigmoid(2z): exp(-logvar) = exp(1 - 2 sg), tanh'(z) = 4 sg (1 - sg).
+        logvar's gradient is a difference, 1 - d^2 exp(-logvar), that cancels as Q fits: it is
+        formed as autograd forms it (exactly 0 where d^2 exp(-logvar) is exactly 1) and
+        ``scale`` is applied only to the small weight gradients.
+        """
+        h, s = self.hidden, self.scale
+        act, diff, sig, prec, g_mu, g_lv = self.act, self.diff, self.sig, self.prec, self.g_mu, self.g_lv
+        torch.addmm(p["b1"], p["w1"], self.x_t, out=act).relu_()
+        torch.addmm(p["b_mu"], p["w_mu"], act[:h], out=diff).sub_(self.y_t)  # d = mu - y
+        torch.addmm(p["b_lv"], p["w_lv"], act[h:], beta=2.0, alpha=2.0, out=sig).sigmoid_()  # sg
+        torch.mul(sig, -2.0, out=prec).add_(1.0).exp_()  # exp(-logvar)
+        torch.mul(diff, prec, out=g_mu)  # dL/dmu / scale
+        loss = 0.0
+        if want_loss:
+            loss = s * float(0.5 * (diff * g_mu).sum() + 0.5 * (2.0 * sig - 1.0).sum())
+        # dL/dz / scale = (1 - d^2 exp(-logvar)) / 2 * 4 sg (1 - sg) = (2 - 2 d^2 exp(-logvar)) (sg - sg^2)
+        torch.addcmul(self.two, diff, g_mu, value=-2.0, out=g_lv)
+        g_lv.mul_(torch.addcmul(sig, sig, sig, value=-1.0, out=self.dtanh))
+        grad["w_mu"].addmm_(g_mu, act[:h].t(), beta=0.0, alpha=s)
+        grad["w_lv"].addmm_(g_lv, act[h:].t(), beta=0.0, alpha=s)
+        torch.sum(g_mu, dim=1, keepdim=True, out=grad["b_mu"]).mul_(s)
+        torch.sum(g_lv, dim=1, keepdim=True, out=grad["b_lv"]).mul_(s)
+        g_act = self.g_act
+        torch.mm(p["w_mu"].t(), g_mu, out=g_act[:h])
+        torch.mm(p["w_lv"].t(), g_lv, out=g_act[h:])
+        g_act.mul_(torch.sign(act, out=self.relu_on))  # ReLU's derivative: act >= 0, 0 where off
+        grad["w1"].addmm_(g_act, self.x, beta=0.0, alpha=s)
+        torch.sum(g_act, dim=1, keepdim=True, out=grad["b1"]).mul_(s)
+        return loss
+
+
+def _net_fits(pairs: list[Pair]) -> list[_NetFit]:
+    """One :class:`_NetFit` per Q. A Q's pairs are one concatenated batch weighted by their
+    number: the sum of the pairs' means when their row counts are equal, as they are."""
+    by_net: dict[int, tuple[GaussianPredictor, list, list]] = {}
+    for net, x, y in pairs:
+        entry = by_net.setdefault(id(net), (net, [], []))
+        entry[1].append(x.detach())
+        entry[2].append(y.detach())
+    fits = []
+    for net, xs, ys in by_net.values():
+        x, y = torch.cat(xs), torch.cat(ys)
+        if x.shape[0]:
+            fits.append(_NetFit(net, x, y, len(xs) / x.shape[0]))
+    return fits
+
+
+def _adam_settings(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict:
+    """The Adam hyper-parameters shared by ``params``; only what plain Adam does is supported."""
+    if not isinstance(optimizer, torch.optim.Adam):
+        raise TypeError(f"fit_club needs torch.optim.Adam, got {type(optimizer).__name__}")
+    wanted = {id(p) for p in params}
+    settings = None
+    for group in optimizer.param_groups:
+        if not any(id(p) in wanted for p in group["params"]):
+            continue
+        if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+            raise ValueError("fit_club supports plain Adam (no weight decay, amsgrad or maximize)")
+        found = {"lr": float(group["lr"]), "betas": tuple(map(float, group["betas"])), "eps": float(group["eps"])}
+        if settings is not None and found != settings:
+            raise ValueError("fit_club: Q's parameters must share one Adam setting")
+        settings = found
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if settings is None or not wanted <= in_optimizer:
+        raise ValueError("fit_club: every Q parameter must be in the optimizer")
+    return settings
+
+
+def fit_club(
+    pairs: list[Pair],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    after_backward: Callable[[], None] | None = None,
+    threads: int | None = 1,
+) -> float:
+    """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood of the
+    pairs (each pair's loss is a mean over its rows).
+
+    The reference shuffles the rows before every step; the loss is a full-batch mean, so
+    the order changes nothing and we skip it. A distributed caller either passes every
+    worker's rows (:func:`sea_dist.model.objective.gather_fitting_pairs`: no collective
+    inside the loop, every worker computes the same fit) or its own rows plus
+    ``after_backward``, called once per step while the parameters' ``.grad`` hold that
+    step's gradients (it may average them in place across workers). ``threads``: intra-op
+    threads for the fit (None = leave as is). Returns the last step's loss.
+    """
+    if not pairs or steps <= 0:
+        return 0.0
+    with intra_op_threads(threads) if threads else contextlib.nullcontext():
+        return _fit(pairs, optimizer, steps, after_backward)
+
+
+def _fit(pairs: list[Pair], optimizer: torch.optim.Optimizer, steps: int, after_backward) -> float:
+    fits = _net_fits(pairs)
+    if not fits:
+        return 0.0
+    x0 = fits[0].x_t
+    sizes = [f.size() for f in fits]
+    flat = x0.new_empty(sum(sizes))
+    flat_grad = torch.zeros_like(flat)
+    exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    views, grads, placed = [], [], []
+    for fit, lo, hi in zip(fits, bounds, bounds[1:]):
+        views.append(fit.views(flat[lo:hi]))
+        grads.append(fit.views(flat_grad[lo:hi]))
+        placed += [
+            (param, (value, grad, m, v))
+            for (param, value), (_, grad), (_, m), (_, v) in zip(
+                fit.parameter_views(flat[lo:hi]),
+                fit.parameter_views(flat_grad[lo:hi]),
+                fit.parameter_views(exp_avg[lo:hi]),
+                fit.parameter_views(exp_avg_sq[lo:hi]),
+            )
+        ]
+    params = [param for param, _ in placed]
+    settings = _adam_settings(optimizer, params)
+    steps_done = set()
+    with torch.no_grad():
+        for param, (value, grad, m, v) in placed:
+            value.copy_(param)
+            state = optimizer.state.get(param, {})
+            if state:
+                m.copy_(state["exp_avg"])
+                v.copy_(state["exp_avg_sq"])
+                steps_done.add(float(state["step"]))
+            else:
+                steps_done.add(0.0)
+            if after_backward is not None:
+                param.grad = grad  # the hook sees (and may rewrite in place) this step's gradients
+    if len(steps_done) != 1:
+        raise ValueError("fit_club: Q's parameters are at different Adam steps")
+    step = steps_done.pop()
+    lr, (beta1, beta2), eps = settings["lr"], settings["betas"], settings["eps"]
+    last = 0.0
+    with torch.no_grad():
+        for i in range(steps):
+            want_loss = i == steps - 1
+            last = sum(f.gradients(p, g, want_loss) for f, p, g in zip(fits, views, grads))
+            if after_backward is not None:
+                after_backward()
+            # torch.optim.Adam's single-tensor update, op for op, over the flat buffer
+            step += 1
+            exp_avg.lerp_(flat_grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1 - beta2)
+            step_size = lr / (1 - beta1**step)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+            flat.addcdiv_(exp_avg, denom, value=-step_size)
+        scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        for param, (value, grad, m, v) in placed:
+            param.copy_(value)
+            param.grad = None
+            optimizer.state[param] = {
+                "step": torch.tensor(step, dtype=scalar_dtype),
+                "exp_avg": m.clone(),
+                "exp_avg_sq": v.clone(),
+            }
+    return last
+
+
+def fit_club_reference(
+    pairs: list[Pair],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    after_backward: Callable[[], None] | None = None,
+) -> float:
+    """The same fit stated plainly (autograd, ``optimizer.step()``): what :func:`fit_club`
+    must equal. Kept for the equality tests and the side-by-side benchmark, not for training
+    (it costs several times more per step)."""
+    if not pairs or steps <= 0:
+        return 0.0
+    grouped: dict[int, tuple[GaussianPredictor, list, list]] = {}
+    for net, x, y in pairs:
+        grouped.setdefault(id(net), (net, [], []))
+        grouped[id(net)][1].append(x.detach())
+        grouped[id(net)][2].append(y.detach())
+    batches = [(net, torch.cat(xs), torch.cat(ys), len(xs)) for net, xs, ys in grouped.values()]
+    last = 0.0
+    for _ in range(steps):
+        loss = sum(count * club_learning_loss(net, x, y) for net, x, y, count in batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+        last = float(loss.detach())
+    return last
