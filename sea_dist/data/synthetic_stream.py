@@ -45,11 +45,11 @@ to 0.04 at 20k). Here a user's world is a bounded neighbourhood, the same at eve
   explore_items`` items (``+ log`` of that on its logit), so the tail's pull is the same at
   every size. With the defaults, on the bundled dataset's shape (5k x 2k x 75k) a user's items
   fall 50% in its own cluster, 72% in its top five clusters (in-memory generator: 52%, 77%),
-  and popularity, feature-profile, item co-occurrence and oracle baselines match the bundled
-  dataset's within a few percent (``test_synthetic_stream``; docs/scaling.md has the table
-  across sizes). Users whose count needs more clusters than their neighbourhood holds, or
-  whose clusters are too small, draw from every item exactly (tiny catalogues, very heavy
-  users);
+  and popularity, feature-profile and item co-occurrence baselines match the bundled
+  dataset's within 6%; at 4x the catalogue they keep 80-86% of it while popularity falls
+  (``tests/unit/test_synthetic_stream.py``). Users whose count needs more clusters than their
+  neighbourhood holds, or whose clusters are too small, draw from every item exactly (tiny
+  catalogues, very heavy users);
 * splits as MMRec (and :func:`~sea_dist.data.synthetic.mmrec_split`): each user's items in a
   random order, ``n < 10``: ``n-2/1/1``, else valid = test = ``round_half_up(0.1 n)``;
 * features: per modality, ``[z_i, v_im] @ A_m + feature_noise * noise``, generated and written
@@ -81,7 +81,7 @@ import posixpath
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -90,7 +90,7 @@ import pyarrow.parquet as pq
 from sea_dist.data.dataset import SPLIT_NAMES, DatasetMeta, make_filesystem
 from sea_dist.data.synthetic import check_common_spec, count_cap
 
-__all__ = ["STREAM_GENERATOR_VERSION", "StreamSpec", "StreamModel", "write_stream", "main"]
+__all__ = ["STREAM_GENERATOR_VERSION", "StreamSpec", "StreamModel", "feature_matrix", "write_stream", "main"]
 
 #: Bump whenever the output for a given spec changes (it is part of ``dataset.json``'s version).
 STREAM_GENERATOR_VERSION = "2"
@@ -518,30 +518,53 @@ def _spec_version(spec: StreamSpec) -> str:
     return f"stream{STREAM_GENERATOR_VERSION}-seed{spec.seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+def _feature_map(model: StreamModel, mi: int) -> np.ndarray:
+    """Modality ``mi``'s random linear map ``[z_i, v_im] -> features``."""
+    spec = model.spec
+    d, du = spec.latent_dim, spec.unique_dim
+    A = _rng(spec, _RNG_FEATURE_MAP, mi).standard_normal((d + du, int(spec.modalities[model.mods[mi]])), dtype=np.float32)
+    A /= np.float32(math.sqrt(d + du))
+    return A
+
+
+def _feature_groups(model: StreamModel, mi: int, shard: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first item, end, float32 rows) of each row group of modality ``mi``'s feature ``shard``."""
+    spec = model.spec
+    m = model.mods[mi]
+    A = _feature_map(model, mi)
+    rng = _rng(spec, _RNG_FEATURE_NOISE, mi, shard)
+    lo, hi = shard * spec.items_per_shard, min(spec.n_items, (shard + 1) * spec.items_per_shard)
+    for a in range(lo, hi, spec.row_group_size):
+        b = min(hi, a + spec.row_group_size)
+        x = np.concatenate([model.zi[a:b], model.vi[m][a:b]], axis=1) @ A
+        x += np.float32(spec.feature_noise) * rng.standard_normal((b - a, A.shape[1]), dtype=np.float32)
+        yield a, b, x
+
+
+def feature_matrix(model: StreamModel, mi: int) -> np.ndarray:
+    """All of modality ``mi``'s features as written (float32, before any float16 cast): for
+    tests and diagnostics; the writer never holds more than a row group."""
+    n_shards = -(-model.spec.n_items // model.spec.items_per_shard)
+    return np.concatenate([x for k in range(n_shards) for _, _, x in _feature_groups(model, mi, k)])
+
+
 def _write_features(fs: Any, path: str, model: StreamModel, say: Callable[[str], None]) -> None:
     spec = model.spec
-    I, d, du = spec.n_items, spec.latent_dim, spec.unique_dim
+    I = spec.n_items
     np_dtype = np.float16 if spec.feature_dtype == "float16" else np.float32
     pa_dtype = pa.float16() if spec.feature_dtype == "float16" else pa.float32()
     n_shards = -(-I // spec.items_per_shard)
     id_base, id_step = (10**6, 7) if spec.sparse_ids else (0, 1)
     for mi, m in enumerate(model.mods):
         dim = int(spec.modalities[m])
-        A = _rng(spec, _RNG_FEATURE_MAP, mi).standard_normal((d + du, dim), dtype=np.float32)
-        A /= np.float32(math.sqrt(d + du))
         folder = posixpath.join(path, "features", m)
         _clear(fs, folder)
         schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa_dtype, dim))])
         t0 = time.perf_counter()
         for k in range(n_shards):
-            lo, hi = k * spec.items_per_shard, min(I, (k + 1) * spec.items_per_shard)
-            rng = _rng(spec, _RNG_FEATURE_NOISE, mi, k)
 
-            def groups(lo: int = lo, hi: int = hi, rng: np.random.Generator = rng, A: np.ndarray = A):
-                for a in range(lo, hi, spec.row_group_size):
-                    b = min(hi, a + spec.row_group_size)
-                    x = np.concatenate([model.zi[a:b], model.vi[m][a:b]], axis=1) @ A
-                    x += np.float32(spec.feature_noise) * rng.standard_normal((b - a, dim), dtype=np.float32)
+            def groups(k: int = k, mi: int = mi):
+                for a, b, x in _feature_groups(model, mi, k):
                     vals = pa.array(x.astype(np_dtype, copy=False).reshape(-1), pa_dtype)
                     ids = pa.array(id_base + id_step * np.arange(a, b, dtype=np.int64), pa.int64())
                     yield pa.Table.from_arrays([ids, pa.FixedSizeListArray.from_arrays(vals, dim)], schema=schema), b - a
