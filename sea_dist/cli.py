@@ -29,7 +29,7 @@ PREPARE_DESCRIPTION = (
 )
 
 #: Loggers that speak on INFO although nothing they say is for the user of a training run.
-_QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "filelock", "fsspec", "botocore", "s3fs")
+_QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "filelock", "fsspec", "botocore", "aiobotocore", "s3fs")
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -344,7 +344,10 @@ def _trainer_class(cfg: Config):
 
 
 def _quiet_ray_report_logs() -> None:
-    """Ray Train logs every report's full metrics dict at INFO, drowning our epoch lines."""
+    """Ray Train logs every report's full metrics dict at INFO, drowning our epoch lines; the
+    S3 client announces where it found credentials, once per worker."""
+    for name in ("botocore", "aiobotocore", "s3fs"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from ray.train.v2._internal.execution import context as ray_train_context
 

@@ -45,8 +45,8 @@ HOW: dict[str, str] = {
     "python jobs/train.py data.root=data/ml-100k --output-dir runs/ml-100k": "test: test_quick_start_and_real_data",
     "python jobs/train.py --help": "test: test_help",
     "python jobs/train.py --full-graph": "test: test_full_graph",
-    "python jobs/train.py --config configs/smoke.toml --output-dir runs/a model.knn_k=20": "test: test_options",
-    "python jobs/train.py --config configs/smoke.toml --output-dir runs/a model.knn_k=20 --resume": "test: test_options",
+    "python jobs/train.py --config configs/smoke.toml --output-dir runs/a graph.knn_k=20": "test: test_options",
+    "python jobs/train.py --config configs/smoke.toml --output-dir runs/a graph.knn_k=20 --resume": "test: test_options",
     "python jobs/train.py --config configs/smoke.toml --output-dir runs/b --warm-start runs/a": "test: test_options",
     "python jobs/train.py data.root=s3://bucket/catalog data.s3_endpoint_url=http://127.0.0.1:9000 --output-dir s3://bucket/runs/nightly":
         "test: test_s3_example",
@@ -140,8 +140,8 @@ RUNS: dict[str, list[str]] = {
     ],
     "test_full_graph": ["python jobs/train.py --full-graph"],
     "test_options": [
-        "python jobs/train.py --config configs/smoke.toml --output-dir runs/a model.knn_k=20",
-        "python jobs/train.py --config configs/smoke.toml --output-dir runs/a model.knn_k=20 --resume",
+        "python jobs/train.py --config configs/smoke.toml --output-dir runs/a graph.knn_k=20",
+        "python jobs/train.py --config configs/smoke.toml --output-dir runs/a graph.knn_k=20 --resume",
         "python jobs/train.py --config configs/smoke.toml --output-dir runs/b --warm-start runs/a",
     ],
     "test_s3_example": [
@@ -161,7 +161,17 @@ RUNS: dict[str, list[str]] = {
 
 #: Lines no successful run may print: Ray's own noise, filtered by the launcher.
 NOISE = ("Checkpoint successfully created", "Token authentication is", "PreemptionWatcher",
-         "DGL backend not selected", "Setting the default backend", "Traceback", "[FailurePolicy]")
+         "DGL backend not selected", "Setting the default backend", "Traceback", "[FailurePolicy]",
+         "Found credentials")
+
+
+def _noise(log: str) -> list[str]:
+    """NOISE found in ``log``. One exception: with several Ray instances on the machine (other
+    jobs, never CI), Ray Train's PlacementGroupCleaner cannot tell which one is its own and
+    prints a traceback; the run is unaffected."""
+    if "Found multiple active Ray instances" in log:
+        log = "\n".join(line for line in log.splitlines() if "(PlacementGroupCleaner" not in line)
+    return [n for n in NOISE if n in log]
 
 
 @pytest.fixture
@@ -244,7 +254,7 @@ def test_quick_start_and_real_data(checkout):
     summary = _summary(checkout / "runs" / "latest")
     epochs = _epoch_lines(result.stderr)
     assert len(epochs) == summary["epochs_run"] and len(set(epochs)) == len(epochs), epochs
-    assert not [n for n in NOISE if n in log], log[-3000:]
+    assert not _noise(log), log[-3000:]
     assert "Recall@20" in result.stdout
 
     _ok(bash(build, checkout, env), build)
@@ -253,7 +263,7 @@ def test_quick_start_and_real_data(checkout):
     summary = _summary(checkout / "runs" / "ml-100k")
     assert summary["dataset"]["name"] == json.loads((checkout / "data" / "ml-100k" / "dataset.json").read_text())["name"]
     assert summary["dataset"]["root"] == str(checkout / "data" / "ml-100k")  # resolved where the command ran
-    assert not [n for n in NOISE if n in log], log[-3000:]
+    assert not _noise(log), log[-3000:]
 
 
 @pytest.mark.slow
@@ -264,7 +274,7 @@ def test_full_graph(checkout):
     log = _ok(result, command)
     summary = _summary(checkout / "runs" / "latest")
     assert summary["mode"] == "full_graph" and len(_epoch_lines(result.stderr)) == summary["epochs_run"]
-    assert not [n for n in NOISE if n in log], log[-3000:]
+    assert not _noise(log), log[-3000:]
 
 
 @pytest.mark.slow
@@ -277,7 +287,7 @@ def test_options(checkout):
     log = _ok(result, first)
     summary = _summary(checkout / "runs" / "a")
     assert summary["config"]["graph"]["knn_k"] == 20 and summary["epochs_run"] == 2
-    assert len(_epoch_lines(result.stderr)) == 2 and not [n for n in NOISE if n in log], log[-3000:]
+    assert len(_epoch_lines(result.stderr)) == 2 and not _noise(log), log[-3000:]
 
     _ok(bash(resume, checkout, env), resume)
     assert json.loads((checkout / "runs" / "a" / "run.json").read_text())["run_name"] == summary["config"]["train"]["run_name"]
@@ -326,7 +336,7 @@ def test_s3_example(checkout, s3_on_9000):
 
     summary = Publisher("s3://bucket/runs/nightly", "http://127.0.0.1:9000").read_published_json("summary.json")
     assert summary["dataset"]["name"] == "tiny-e2e"
-    assert not [n for n in NOISE if n in log], log[-3000:]
+    assert not _noise(log), log[-3000:]
 
 
 @pytest.mark.slow
