@@ -592,7 +592,7 @@ def write_stream(
         fs.rm(meta_path)  # never pair an old dataset.json with half-written new shards
 
     model = StreamModel(spec)
-    say(f"latents: {spec.n_items} items in {spec.n_clusters} clusters ({time.perf_counter() - t_start:.1f}s)")
+    say(f"latents: {spec.n_items} items in {model.n_clusters} clusters ({time.perf_counter() - t_start:.1f}s)")
     _write_features(fs, path, model, say)
 
     ifolder = posixpath.join(path, "interactions")

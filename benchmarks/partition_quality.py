@@ -1,0 +1,278 @@
+#!/usr/bin/env python
+"""Partition quality: does partition-local training reach full-graph quality at P = 2, 4, 8?
+
+One dataset from the streaming generator (planted signal, ``sea_dist.data.synthetic_stream``),
+one seed, one epoch budget (no early stopping), one global batch; then, each run a separate
+process through the real entry points (``jobs/prepare.py``, ``jobs/train.py``):
+
+* ``full_graph``: the reference computation, one process (``train.full_graph=true``);
+* ``sampled``: replicated graph, 2 Ray workers (the DDP path without partitioning);
+* ``partitioned``: ``train.partitioned=true`` with P = ``--parts`` Ray workers (oversubscribed
+  on a small machine), one DGL partition each, for each of ``--methods`` (random, metis).
+
+Evaluation compares like with like: every run ranks every user with held-out items against
+every item (``eval.max_users`` stays 0; a partitioned worker ranks its own users, the union is
+all users), and each row records how many users it evaluated. Rows (JSON lines, also written to
+``--out``): ``mode``, ``parts``, ``part_method``, ``best_valid_recall@20``, ``best_epoch``,
+``wall_s`` (the training loop: train + evaluate every epoch), ``process_wall_s`` (the whole
+train process: start-up, data, Ray), ``prepare_wall_s`` (partitioned: the prepare job), and for
+every non-full row ``over_full`` = its best validation Recall@20 / the full graph's; a last
+``summary`` row says whether every partitioned row is >= 0.98 of full. Each row names the
+commit it ran on (and whether the tree had local changes).
+
+    python benchmarks/partition_quality.py                     # the issue's tier: 100k x 20k x 3M
+    python benchmarks/partition_quality.py --tier small        # what fits a 2-core machine
+    python benchmarks/partition_quality.py --tier tiny --epochs 2   # a smoke run, minutes
+
+The default tier (about 100k users x 20k items x 3M interactions) is the largest where the
+full graph still fits one process; on a shared 2-core machine its eight runs take days, so the
+table in docs/scaling.md was measured on ``--tier small`` (named there).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # noqa: E402
+
+METRIC = "recall@20"
+GOAL = 0.98  # every partitioned row's best valid Recall@20 over the full graph's
+
+# users, items, interactions (all splits). "issue": the tier of issue 12 (the full graph still
+# fits one process); "small": 15 interactions per user like the bundled dataset, 40 clusters;
+# "tiny": validates the benchmark itself in minutes.
+TIERS = {
+    "issue": (100_000, 20_000, 3_000_000),
+    "small": (10_000, 4_000, 150_000),
+    "tiny": (2_000, 1_000, 30_000),
+}
+
+
+def emit(record: dict, out) -> None:
+    line = json.dumps(record, sort_keys=True)
+    print(line, flush=True)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
+
+
+def git_state() -> dict:
+    """The commit the runs use, and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+
+
+def dataset(args: argparse.Namespace) -> str:
+    """The tier's dataset under --data-dir, generated once (reused while the spec's version matches)."""
+    spec = StreamSpec(
+        n_users=args.users,
+        n_items=args.items,
+        n_interactions=args.interactions,
+        modalities={"image": args.image_dim, "text": args.text_dim},
+        seed=args.data_seed,
+        name=f"pq-{args.users}x{args.items}x{args.interactions}",
+        users_per_chunk=50_000,
+    )
+    root = os.path.join(args.data_dir, spec.name)
+    from sea_dist.data.synthetic_stream import _spec_version  # the version dataset.json records
+
+    meta = os.path.join(root, "dataset.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            if json.load(f)["version"] == _spec_version(spec):
+                return root
+    write_stream(spec, root, progress=lambda s: print(f"[generate] {s}", file=sys.stderr, flush=True))
+    return root
+
+
+def run(cmd: list[str], log_path: str) -> tuple[float, str]:
+    """Run a job (stderr to ``log_path``); (wall seconds, stdout). Raises with the log's tail."""
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{f.read()[-4000:]}")
+    return wall, proc.stdout
+
+
+def partitioned_valid_users(prepared_uri: str) -> tuple[int, bool]:
+    """(users ranked at validation, whether no user is ranked twice) of a partitioned run: each
+    worker ranks the owned users of its ``eval/part-<p>.parquet`` that have a validation row.
+    (The run's own summary counts rank 0's users only.)"""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from sea_dist.data.dataset import make_filesystem
+
+    fs, path = make_filesystem(prepared_uri)
+    per_part = []
+    for f in sorted(fs.glob(os.path.join(path, "eval", "part-*.parquet"))):
+        with fs.open(f, "rb") as handle:
+            t = pq.read_table(handle, columns=["user", "split"])
+        users = t.column("user").to_numpy()
+        per_part.append(np.unique(users[t.column("split").to_numpy() == 1]))
+    union = np.unique(np.concatenate(per_part)) if per_part else np.empty(0)
+    return int(union.size), int(sum(u.size for u in per_part)) == int(union.size)
+
+
+def overrides(settings: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def train(settings: dict, logdir: str, name: str) -> dict:
+    """One training run in its own process; its summary, per-epoch records and wall time."""
+    outdir = tempfile.mkdtemp(prefix=f"pq_{name}_", dir=logdir)
+    settings = {**settings, "output.output_dir": outdir, "output.write_embeddings": "false"}
+    wall, _ = run([sys.executable, "jobs/train.py"] + overrides(settings), os.path.join(logdir, f"train-{name}.log"))
+    with open(os.path.join(outdir, "MANIFEST.json")) as f:
+        prefix = json.load(f)["prefix"]
+    with open(os.path.join(outdir, prefix, "summary.json")) as f:
+        summary = json.load(f)
+    history = []
+    for path in glob.glob(os.path.join(outdir, "metrics.jsonl")):
+        with open(path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    shutil.rmtree(outdir, ignore_errors=True)
+    return {"summary": summary, "history": history, "process_wall_s": round(wall, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tier", choices=sorted(TIERS), default="issue", help="users x items x interactions preset")
+    ap.add_argument("--users", type=int, help="override the tier's users")
+    ap.add_argument("--items", type=int, help="override the tier's items")
+    ap.add_argument("--interactions", type=int, help="override the tier's interactions (all splits)")
+    ap.add_argument("--image-dim", type=int, default=256)
+    ap.add_argument("--text-dim", type=int, default=128)
+    ap.add_argument("--data-seed", type=int, default=7, help="generator seed")
+    ap.add_argument("--epochs", type=int, default=10, help="epoch budget of every run (no early stopping)")
+    ap.add_argument("--seed", type=int, default=999, help="training seed of every run")
+    ap.add_argument("--batch-size", type=int, default=2048, help="global batch of every run")
+    ap.add_argument("--modes", default="full_graph,sampled,partitioned")
+    ap.add_argument("--parts", default="2,4,8", help="P of the partitioned runs")
+    ap.add_argument("--methods", default="random,metis", help="partitioners of the partitioned runs")
+    ap.add_argument("--sampled-workers", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="extra override key=value for every run")
+    ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "sea_partition_quality"))
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "partition_quality.jsonl"),
+                    help="JSON lines file the rows are written to ('' = stdout only)")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
+    args = ap.parse_args()
+    users, items, interactions = TIERS[args.tier]
+    args.users = args.users or users
+    args.items = args.items or items
+    args.interactions = args.interactions or interactions
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - {"full_graph", "sampled", "partitioned"}
+    if unknown:
+        ap.error(f"unknown modes {sorted(unknown)}")
+
+    os.makedirs(args.data_dir, exist_ok=True)
+    logdir = tempfile.mkdtemp(prefix="pq_logs_", dir=args.data_dir)
+    t0 = time.monotonic()
+    root = dataset(args)
+    tier = {"tier": args.tier, "users": args.users, "items": args.items, "interactions": args.interactions}
+    common = {
+        "data.root": root,
+        "train.epochs": args.epochs,
+        "train.patience": args.epochs,  # the same budget for every run: no early stop
+        "train.seed": args.seed,
+        "train.batch_size": args.batch_size,
+        "eval.max_users": 0,  # every user in every mode (partitioned: each worker its own)
+        **dict(kv.split("=", 1) for kv in args.set),
+    }
+    base = {"benchmark": "partition_quality", **tier, **git_state(), "epochs": args.epochs, "seed": args.seed,
+            "batch_size": args.batch_size}
+    out = None
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        out = open(args.out, "a" if args.append else "w")
+    try:
+        emit({**base, "stage": "start", "data_root": root, "generate_s": round(time.monotonic() - t0, 1),
+              "logdir": logdir, "cpus": os.cpu_count(), "overrides": {k: v for k, v in common.items() if k != "data.root"}}, out)
+        runs: list[tuple[str, int, str | None, dict]] = []
+        if "full_graph" in modes:
+            runs.append(("full_graph", 1, None, {"train.full_graph": "true"}))
+        if "sampled" in modes:
+            runs.append(("sampled", args.sampled_workers, None, {"train.num_workers": args.sampled_workers}))
+        if "partitioned" in modes:
+            for method in [m for m in args.methods.split(",") if m]:
+                for p in [int(p) for p in args.parts.split(",") if p]:
+                    runs.append(("partitioned", p, method, {
+                        "train.partitioned": "true", "train.num_workers": p,
+                        "prepare.num_parts": p, "prepare.part_method": method,
+                    }))
+        full = None
+        rows = []
+        for mode, parts, method, extra in runs:
+            settings = {**common, **extra}
+            name = f"{mode}-p{parts}" + (f"-{method}" if method else "")
+            prepare_wall = None
+            prepare_info = {}
+            if mode == "partitioned":  # timed on its own; the train run then reuses this version
+                prepare_wall, stdout = run([sys.executable, "jobs/prepare.py"] + overrides(settings),
+                                           os.path.join(logdir, f"prepare-{name}.log"))
+                manifest = json.loads(stdout)
+                n_valid_users, disjoint = partitioned_valid_users(manifest["uri"])
+                prepare_info = {"prepare_reused": manifest.get("reused"),
+                                "part_stats": manifest.get("partitions", {}).get("parts"),
+                                "evaluated_valid_users": n_valid_users, "eval_users_disjoint": disjoint}
+            result = train(settings, logdir, name)
+            s = result["summary"]
+            best = s["valid"][METRIC]
+            row = {
+                **base,
+                "mode": mode,
+                "parts": parts,
+                "part_method": method,
+                f"best_valid_{METRIC}": best,
+                "best_epoch": s["best_epoch"],
+                "epochs_run": s["epochs_run"],
+                f"test_{METRIC}": s["test"][METRIC],
+                f"popularity_test_{METRIC}": s.get(f"popularity_test_{METRIC}"),
+                "evaluated_valid_users": s.get("evaluated_users", {}).get("valid"),  # partitioned: replaced below
+                f"valid_{METRIC}_per_epoch": [round(h["valid"][METRIC], 5) for h in result["history"] if "valid" in h],
+                "wall_s": round(s["wall_s"], 1),
+                "process_wall_s": result["process_wall_s"],
+                "prepare_wall_s": None if prepare_wall is None else round(prepare_wall, 1),
+                "peak_rss_mb_per_worker": s.get("peak_rss_mb_per_worker"),
+                **prepare_info,
+            }
+            if mode == "full_graph":
+                full = row
+            elif full is not None:
+                row["over_full"] = round(best / full[f"best_valid_{METRIC}"], 4)
+                row["same_users_as_full"] = row["evaluated_valid_users"] == full["evaluated_valid_users"]
+            rows.append(row)
+            emit(row, out)
+        partitioned = [r for r in rows if r["mode"] == "partitioned" and "over_full" in r]
+        emit({
+            **base, "stage": "summary",
+            "full_graph_best_valid": None if full is None else full[f"best_valid_{METRIC}"],
+            "min_partitioned_over_full": min((r["over_full"] for r in partitioned), default=None),
+            "goal": GOAL,
+            "pass": bool(partitioned) and all(r["over_full"] >= GOAL for r in partitioned),
+            "total_s": round(time.monotonic() - t0, 1),
+        }, out)
+    finally:
+        if out is not None:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
