@@ -4,6 +4,7 @@
     python benchmarks/vs_reference.py --reference-repo PATH [--epochs 3] [--users N --items M]
         [--modes authors,full_graph,sampled] [--python PY] [--out benchmarks/results/vs_reference.jsonl]
     python benchmarks/vs_reference.py golden --reference-repo PATH [--out tests/data/golden/reference.json]
+    python benchmarks/vs_reference.py table [--out benchmarks/results/vs_reference.jsonl] [--doc docs/results.md]
 
 ``PATH`` is the user's own checkout of https://github.com/bruno686/SEA (never vendored here).
 The benchmark builds an MMRec-format dataset at MMRec's widths (image 4096 + text 384) on the
@@ -21,7 +22,8 @@ at >= 0.98x their Recall@20 at the same epoch).
 ``tests/golden_fixture.py`` with the fixture's initial parameters loaded into their model and
 writes what it produced (first steps' loss terms, the triples and CLUB permutations drawn, Q after
 each epoch, validation metrics and top-20 lists) to ``tests/data/golden/reference.json``; the unit
-test ``tests/unit/test_golden_reference.py`` replays it through our full-graph step.
+test ``tests/unit/test_golden_reference.py`` replays it through our full-graph step. ``table``
+renders the last run in the results file into its own section of ``docs/results.md``.
 
 Extra dependencies, for the authors' code only (ours needs none of them): torch-geometric,
 pandas, scipy, pyyaml, lmdb, pillow, matplotlib. Keep your torch:
@@ -56,6 +58,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BABY_DIR = os.path.join(REPO, "datasets", "amazon-baby")
 GOLDEN_OUT = os.path.join(REPO, "tests", "data", "golden", "reference.json")
+RESULTS = os.path.join(REPO, "benchmarks", "results", "vs_reference.jsonl")
 DIMS = {"image": 4096, "text": 384}  # MMRec's widths; the authors' SEA.py hard-codes them
 METRIC = "recall@20"
 
@@ -238,6 +241,7 @@ def main():
     p.add_argument("--events", required=True)
     p.add_argument("--params", default="")
     p.add_argument("--capture", default="")
+    p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
     started = time.perf_counter()
     src = os.path.dirname(os.path.abspath(__file__))
@@ -246,6 +250,8 @@ def main():
     import numpy as np
     import torch
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     sea_modules = [importlib.import_module("models.sea"), importlib.import_module("models.SEA")]
     trainer_mod = importlib.import_module("common.trainer")
     from utils.topk_evaluator import TopKEvaluator
@@ -469,6 +475,7 @@ def run_authors(
     epochs: int,
     params: str = "",
     capture: str = "",
+    threads: int = 0,
     timeout_s: float | None = None,
 ) -> tuple[list[dict], float]:
     """Their quick_start on ``data_dir/<dataset>.inter`` for ``epochs``; (epoch events, wall s)."""
@@ -492,6 +499,8 @@ def run_authors(
         cmd += ["--params", params]
     if capture:
         cmd += ["--capture", capture]
+    if threads:
+        cmd += ["--threads", str(threads)]
     log = os.path.join(workdir, "reference_stdout.log")
     t0 = time.perf_counter()
     with open(log, "w") as out:
@@ -506,10 +515,13 @@ def run_authors(
 
 
 # ---- ours --------------------------------------------------------------------------------------
-def run_ours(root: str, mode: str, epochs: int, workers: int, seed: int, workdir: str) -> tuple[dict, list[dict], float]:
-    """Our trainer in a fresh process (same isolation as theirs); (summary, epoch records, wall s)."""
+def run_ours(
+    root: str, mode: str, epochs: int, workers: int, seed: int, workdir: str, threads: int = 0
+) -> tuple[dict, list[dict], float]:
+    """Our trainer in a fresh process (same isolation as theirs); (summary, epoch records, wall s).
+    ``threads`` applies to the full-graph process (sampled workers run 1 thread each)."""
     spec = {"root": root, "mode": mode, "epochs": epochs, "workers": workers, "seed": seed,
-            "workdir": os.path.join(workdir, f"ours_{mode}")}
+            "threads": threads, "workdir": os.path.join(workdir, f"ours_{mode}")}
     shutil.rmtree(spec["workdir"], ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "_ours", json.dumps(spec)],
@@ -530,6 +542,8 @@ def _ours_main(spec: dict) -> None:
     from _common import train
 
     logging.basicConfig(level=logging.WARNING)
+    if spec["threads"] and spec["mode"] == "full_graph":  # one process: the same threads as theirs
+        torch.set_num_threads(spec["threads"])
     overrides = {
         "data.root": spec["root"],
         "train.full_graph": spec["mode"] == "full_graph",
@@ -539,9 +553,38 @@ def _ours_main(spec: dict) -> None:
         "train.patience": spec["epochs"] + 1,
         "train.seed": spec["seed"],
     }
+    threads = torch.get_num_threads()
     summary, history = train(overrides, spec["workdir"], with_history=True)
-    summary["torch_threads_driver"] = torch.get_num_threads()
+    summary["torch_threads_driver"] = threads
     print(json.dumps({"summary": summary, "history": history}, default=str))
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every few seconds while a run lasts: on a shared
+    machine it says how much of the cores a run really had."""
+
+    def __init__(self, every_s: float = 5.0):
+        import threading
+
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self.samples.append(os.getloadavg()[0])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {"load_avg_mean": round(float(np.mean(self.samples)), 2), "load_avg_max": round(float(np.max(self.samples)), 2)}
 
 
 # ---- the comparison ---------------------------------------------------------------------------
@@ -576,6 +619,21 @@ def record(impl: str, mode: str, epochs: list[dict], wall_s: float, extra: dict)
     }
 
 
+def command_line(a: argparse.Namespace) -> str:
+    """How this run was started, with the user's paths as placeholders."""
+    parts = ["python benchmarks/vs_reference.py --reference-repo PATH", f"--epochs {a.epochs}"]
+    if a.users or a.items:
+        parts.append(f"--users {a.users} --items {a.items}")
+    if a.threads:
+        parts.append(f"--threads {a.threads}")
+    if a.modes != "authors,full_graph,sampled":
+        parts.append(f"--modes {a.modes}")
+    for flag, value, default in (("--workers", a.workers, 2), ("--seed", a.seed, 999), ("--rank", a.rank, 32), ("--noise", a.noise, 1.0)):
+        if value != default:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def bench(a: argparse.Namespace) -> None:
     workdir = a.workdir or tempfile.mkdtemp(prefix="sea_vs_reference_")
     data_dir = os.path.join(workdir, "data", "babygen")
@@ -583,41 +641,43 @@ def bench(a: argparse.Namespace) -> None:
     print(f"dataset: {json.dumps(info)}", file=sys.stderr, flush=True)
     modes = a.modes.split(",")
     common = {
+        "command": command_line(a),
         "dataset": {k: info[k] for k in ("n_users", "n_items", "n_interactions", "splits", "subsample")},
         "seed": a.seed,
         "cpus": os.cpu_count(),
-        "load_avg_at_start": None,
         "date": time.strftime("%Y-%m-%d"),
     }
     runs: dict[str, dict] = {}
-    authors_epochs: list[dict] = []
+    sea_dist_root = ""
     for mode in modes:
-        common["load_avg_at_start"] = round(os.getloadavg()[0], 2)
+        if mode != "authors" and not sea_dist_root:
+            from sea_dist.data.mmrec import import_mmrec
+
+            sea_dist_root = import_mmrec(data_dir, os.path.join(workdir, "sea_dist_root"))
+        with LoadSampler() as load:
+            if mode == "authors":
+                events, wall = run_authors(a.reference_repo, a.python, workdir, data_dir, "babygen", a.epochs,
+                                           threads=a.threads)
+            else:
+                summary, history, wall = run_ours(sea_dist_root, mode, a.epochs, a.workers, a.seed, workdir, a.threads)
         if mode == "authors":
-            events, wall = run_authors(a.reference_repo, a.python, workdir, data_dir, "babygen", a.epochs)
             setup = next(e for e in events if e["event"] == "setup")
-            authors_epochs = [
+            epochs = [
                 {"train_s": e["train_s"], "eval_s": e["eval_s"], "valid": e["valid"]["recall@20"]}
                 for e in events if e["event"] == "epoch"
             ]
-            rec = record("authors", "full_graph", authors_epochs, wall,
-                         {**common, "setup_s": round(setup["setup_s"], 1), "torch_threads": setup["threads"]})
+            rec = record("authors", "full_graph", epochs, wall,
+                         {**common, **load.summary(), "setup_s": round(setup["setup_s"], 1), "torch_threads": setup["threads"]})
         else:
-            if "sea_dist_root" not in runs:
-                from sea_dist.data.mmrec import import_mmrec
-
-                runs["sea_dist_root"] = {"root": import_mmrec(data_dir, os.path.join(workdir, "sea_dist_root"))}
-            summary, history, wall = run_ours(runs["sea_dist_root"]["root"], mode, a.epochs, a.workers, a.seed, workdir)
             epochs = [{"train_s": h["train_s"], "eval_s": h["eval_s"], "valid": h["valid"][METRIC]} for h in history]
             rec = record("sea_dist", mode, epochs, wall, {
                 **common,
+                **load.summary(),
                 "world_size": summary["world_size"],
                 "club_fit_s_per_epoch": round(summary["throughput"]["club_fit_s_per_epoch"], 2),
                 "torch_threads": summary.get("torch_threads_driver") if mode == "full_graph" else 1,
             })
-            rec["_epochs"] = epochs
-        if mode == "authors":
-            rec["_epochs"] = authors_epochs
+        rec["_epochs"] = epochs
         runs[mode] = rec
         emit({k: v for k, v in rec.items() if not k.startswith("_")}, a.out)
     if "authors" not in runs:
@@ -688,20 +748,124 @@ def golden(a: argparse.Namespace) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+TABLE_START, TABLE_END = "<!-- vs_reference:start -->", "<!-- vs_reference:end -->"
+
+
+def _run_groups(rows: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """(comparison line, its run lines) for every complete benchmark run, oldest first."""
+    groups, pending = [], []
+    for r in rows:
+        if r.get("comparison"):
+            groups.append((r, pending))
+            pending = []
+        else:
+            pending.append(r)
+    return groups
+
+
+def _render_run(comp: dict, runs: list[dict]) -> list[str]:
+    ds = comp["dataset"]
+    sub = ds.get("subsample") or {}
+    size = "the whole graph" if not (sub.get("users") or sub.get("items")) else "a subsample"
+    command = comp.get("command") or (
+        f"python benchmarks/vs_reference.py --reference-repo PATH --epochs {comp['epochs']}"
+        + (f" --users {sub.get('users')} --items {sub.get('items')}" if sub.get("users") or sub.get("items") else "")
+    )
+    label = {"authors": "authors' code (full graph)", "full_graph": "sea_dist full-graph", "sampled": "sea_dist sampled, 2 workers"}
+    lines = [
+        f"## {comp['date']}: {ds['n_users']:,} users x {ds['n_items']:,} items, {comp['epochs']} epochs",
+        "",
+        f"`{command}`: {size} of Baby, {ds['n_interactions']:,} interactions "
+        f"(train/valid/test {'/'.join(f'{n:,}' for n in ds['splits'])}).",
+        "",
+        "| run | train s/epoch | x authors | eval s/epoch | valid Recall@20 by epoch | x authors' Recall@20 by epoch "
+        "| s to authors' best | torch threads | load avg (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        mode = "authors" if r["impl"] == "authors" else r["mode"]
+        c = comp.get(mode, {})
+        ratio = "1" if mode == "authors" else f"{c.get('train_s_per_epoch_over_authors')}"
+        recall_ratio = "-" if mode == "authors" else ", ".join(str(x) for x in c.get("recall_over_authors_by_epoch", []))
+        reach = comp["authors_wall_to_best_s"] if mode == "authors" else c.get("wall_to_authors_best_s")
+        lines.append(
+            f"| {label.get(mode, mode)} | {r['train_s_per_epoch']} | {ratio} | {r['eval_s_per_epoch']} | "
+            f"{', '.join(str(v) for v in r['valid_recall@20_by_epoch'])} | {recall_ratio} | "
+            f"{reach if reach is not None else 'not reached'} | {r.get('torch_threads', '-')} | "
+            f"{r['load_avg_mean'] if 'load_avg_mean' in r else str(r.get('load_avg_at_start', '-')) + ' (at start)'} |"
+        )
+    goal = [m for m in ("full_graph", "sampled") if m in comp]
+    lines += [
+        "",
+        "Goal (<= 0.5x the authors' training s/epoch at >= 0.98x their validation Recall@20 at every epoch): "
+        + "; ".join(f"{label[m]} {'met' if comp[m]['goal_met'] else 'not met'}" for m in goal)
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def render_table(rows: list[dict]) -> str:
+    """The docs/results.md section: every complete run in ``rows``, newest first."""
+    groups = _run_groups(rows)
+    if not groups:
+        raise SystemExit("no comparison line in the results (run the benchmark with the authors' mode)")
+    lines = [
+        TABLE_START,
+        "# Against the authors' code (bruno686/SEA)",
+        "",
+        "Generated by `python benchmarks/vs_reference.py table` from `benchmarks/results/vs_reference.jsonl` "
+        "(each run: `python benchmarks/vs_reference.py --reference-repo PATH ...`, PATH a checkout of the "
+        "authors' repository). Data: the Amazon Baby interaction graph (`datasets/amazon-baby`, its split) "
+        "with generated features at MMRec's widths (image 4096 + text 384: item factors of the training "
+        "matrix through a random projection per modality, plus noise). Every run of a table has the same "
+        "seed (999), lr 1e-4, batch 2048 and epochs, and runs one after the other on the same 2 CPU cores "
+        "of a machine shared with other work (the load column): compare rows within a table. "
+        "Train s/epoch excludes evaluation. The authors' evaluation ranks with the representations of the "
+        "epoch's last training forward (one optimizer step stale); ours with those after the last step. "
+        "Seconds to the authors' best: training plus evaluation from the first epoch until validation "
+        "Recall@20 (4 decimals) first reaches the authors' best of that run.",
+        "",
+    ]
+    for comp, runs in reversed(groups):
+        lines += _render_run(comp, runs)
+    lines.append(TABLE_END)
+    return "\n".join(lines) + "\n"
+
+
+def write_table(results: str, doc: str) -> None:
+    """Put the section into ``doc`` between its markers (appended the first time)."""
+    with open(results) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    section = render_table(rows)
+    text = open(doc).read() if os.path.exists(doc) else ""
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        text = head + section + rest.split(TABLE_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    with open(doc, "w") as f:
+        f.write(text)
+    print(f"wrote the table into {doc}", file=sys.stderr)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_ours":
         _ours_main(json.loads(sys.argv[2]))
         return
     sys.path.insert(0, REPO)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", nargs="?", default="bench", choices=["bench", "golden"])
-    p.add_argument("--reference-repo", required=True, help="a checkout of github.com/bruno686/SEA (read only)")
+    p.add_argument("command", nargs="?", default="bench", choices=["bench", "golden", "table"])
+    p.add_argument("--reference-repo", default="", help="a checkout of github.com/bruno686/SEA (read only)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the authors' code")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--users", type=int, default=0, help="subsample: this many users (0 = all of Baby)")
     p.add_argument("--items", type=int, default=0, help="subsample: the most interacted items (0 = all)")
     p.add_argument("--modes", default="authors,full_graph,sampled")
     p.add_argument("--workers", type=int, default=2, help="sampled mode's Ray workers (1 CPU each)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of the one-process runs, the authors' code and our full-graph mode "
+                   "(0 = torch's default: all cores)")
     p.add_argument("--seed", type=int, default=999)
     p.add_argument("--rank", type=int, default=32, help="item factors behind the generated features")
     p.add_argument("--noise", type=float, default=1.0, help="feature noise (signal has unit variance)")
@@ -709,7 +873,13 @@ def main() -> None:
     p.add_argument("--workdir", default="", help="keep the data, the copy and logs here (default: a temp dir, removed)")
     p.add_argument("--out", default=None, help="also append the JSON lines here (golden: the output file)")
     p.add_argument("--reference-commit", default="", help="golden: recorded when PATH has no .git")
+    p.add_argument("--doc", default=os.path.join(REPO, "docs", "results.md"), help="table: the document to update")
     a = p.parse_args()
+    if a.command == "table":
+        write_table(a.out or RESULTS, a.doc)
+        return
+    if not a.reference_repo:
+        p.error("--reference-repo PATH is required (a checkout of github.com/bruno686/SEA)")
     if a.command == "golden":
         a.out = a.out or GOLDEN_OUT
         golden(a)
