@@ -118,6 +118,20 @@ class TrainConfig:
     )
     lr: float = _opt(1e-4, "Adam learning rate (dense parameters, user tables and Q)")
     batch_size: int = _opt(2048, "global batch of (user, pos, neg) triples, split over workers")
+    lr_scaling: str = _opt(
+        "none",
+        "large-batch recipe: scale lr with the global batch over lr_reference_batch, 'sqrt' or "
+        "'linear' ('none' = lr as given, the reference protocol; never scaled down)",
+    )
+    lr_reference_batch: int = _opt(2048, "the global batch the configured lr was tuned at")
+    warmup_steps: int = _opt(
+        0, "linear lr warm-up over the first N optimizer steps of the run (0 = none)"
+    )
+    precision: str = _opt(
+        "fp32",
+        "fp32, or bf16: autocast the feature transforms and the propagation to bfloat16 "
+        "(losses, optimizer state and parameters stay fp32); meant for GPUs",
+    )
     epochs: int = _opt(
         20,
         "maximum epochs (the reference allows 1000 with early stopping; 20 keeps the "
@@ -170,6 +184,12 @@ class TrainConfig:
         "sharded",
         "partitioned mode: per-user tables 'sharded' by owning partition (memory ~ users/P) or "
         "'replicated' on every worker (small graphs, equivalence checks)",
+    )
+    prefetch_batches: int = _opt(
+        2,
+        "sampled and partitioned modes: steps whose inputs (sampled computation graph, feature "
+        "rows) are prepared ahead on a background thread while the current step computes; "
+        "0 = prepare each step inline. Same batches either way",
     )
     feature_cache_rows: int = _opt(
         1_000_000, "partitioned mode: feature rows each worker keeps cached per modality"

@@ -351,6 +351,18 @@ def validate_config(cfg: Config) -> None:
         need(not t.full_graph, "train.partitioned and train.full_graph exclude each other")
         need(not t.warm_start, "train.warm_start is not supported in partitioned mode yet")
     need(
+        t.lr_scaling in ("none", "sqrt", "linear"),
+        f"train.lr_scaling must be none, sqrt or linear, got {t.lr_scaling!r}",
+    )
+    need(
+        t.precision in ("fp32", "bf16"),
+        f"train.precision must be fp32 or bf16, got {t.precision!r}",
+    )
+    need(
+        is_int(t.lr_reference_batch) and t.lr_reference_batch > 0,
+        f"train.lr_reference_batch must be a positive integer, got {t.lr_reference_batch!r}",
+    )
+    need(
         t.user_tables in ("sharded", "replicated"),
         f"train.user_tables must be 'sharded' or 'replicated', got {t.user_tables!r}",
     )
@@ -365,6 +377,8 @@ def validate_config(cfg: Config) -> None:
         ("eval.max_users", e.max_users),
         ("model.align_max_items", m.align_max_items),
         ("train.feature_cache_rows", t.feature_cache_rows),
+        ("train.prefetch_batches", t.prefetch_batches),
+        ("train.warmup_steps", t.warmup_steps),
     ):
         need(is_int(value) and value >= 0, f"{key} must be an integer >= 0, got {value!r}")
     need(

@@ -36,12 +36,15 @@ class Relation:
         """
         if not self.src.numel():
             return h_src.new_zeros((self.n_dst, h_src.shape[1]))
+        if h_src.device.type == "cpu" and h_src.dtype not in (torch.float32, torch.float64):
+            h_src = h_src.float()  # CPU sparse kernels have no bf16/fp16 (train.precision=bf16)
         n_src = max(int(h_src.shape[0]), 1)
         operator = self._operators.get(n_src)
         if operator is None:  # built once per relation and source count (modalities share it)
             operator = _csr(self.dst, self.src, self.weight.to(h_src.dtype), (self.n_dst, n_src))
             self._operators[n_src] = operator
-        return operator @ h_src
+        with torch.autocast(h_src.device.type, enabled=False):  # the operator's dtype is h_src's
+            return operator @ h_src
 
     @property
     def _operators(self) -> dict:

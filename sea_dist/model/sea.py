@@ -70,6 +70,11 @@ class AuxiliaryViews:
     club_unique: dict[str, torch.Tensor]  # T2_m(u_m)
     projected: dict[str, torch.Tensor]  # H_m(g_m), L2-normalised; empty with one modality
 
+    def to_float(self) -> "AuxiliaryViews":
+        """fp32 copies (the losses run in fp32 when the forward ran under bf16 autocast)."""
+        as_float = lambda d: {m: t.float() for m, t in d.items()}  # noqa: E731
+        return AuxiliaryViews(as_float(self.club_generic), as_float(self.club_unique), as_float(self.projected))
+
 
 class ModalityBranch(nn.Module):
     """Everything SEA learns for one modality's items.

@@ -33,7 +33,8 @@ from sea_dist.eval.evaluator import Evaluator
 from sea_dist.graph.build import TrainGraph, build_train_graph
 from sea_dist.graph.dgl_compat import dgl
 from sea_dist.graph.sampler import BatchSampler
-from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club, sea_losses
+from sea_dist.model.blocks import MiniBatch
+from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club_step, sea_losses
 from sea_dist.model.sea import SEA, UserTables
 from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
@@ -43,7 +44,10 @@ from sea_dist.ops.report import render_report
 from sea_dist.ops.retry import with_retries
 from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.distributed import WorkerContext
+from sea_dist.train.early_stopping import early_stopping
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
+from sea_dist.train.lr_schedule import lr_at, scaled_lr, set_lr
+from sea_dist.train.prefetch import InputThread, Prefetcher
 from sea_dist.train.sparse_tables import synchronize_sparse_gradients
 from sea_dist.train.warm_start import (
     MODEL_FILE,
@@ -77,11 +81,28 @@ class Progress:
 
 
 @dataclass
+class StepInputs:
+    """One step's inputs, prepared ahead of it (:meth:`Trainer.prepare_step`)."""
+
+    users: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+    loss_weight: float
+    loss_rng: torch.Generator
+    batch: MiniBatch | None = None  # sampled modes: the computation graph
+    features: dict[str, torch.Tensor] | None = None  # its input items' raw feature rows
+    sample_s: float = 0.0
+    fetch_s: float = 0.0
+    fetched_bytes: int = 0
+
+
+@dataclass
 class EpochTimes:
     sampling_s: float = 0.0  # DGL sampling and block conversion
     feature_fetch_s: float = 0.0  # gathering the batch's raw feature rows
     model_s: float = 0.0
     club_fit_s: float = 0.0
+    input_wait_s: float = 0.0  # the step loop waiting for prepared inputs (prefetch fell behind)
     eval_s: float = 0.0
     train_s: float = 0.0
     edges: int = 0
@@ -103,6 +124,7 @@ class Trainer:
         self.mode_name = "full_graph" if self.full_graph_mode else "sampled"
         self.device = ctx.device
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
+        self.input_thread = InputThread.shared()  # every step's sampling and fetching happen there
 
         self.dataset = dataset
         self._setup_data()
@@ -175,7 +197,9 @@ class Trainer:
         )
         self.full_graph = self.graph.full_graph().to(self.device)
         self.features = {m: torch.from_numpy(f).to(self.device) for m, f in ds.features.items()}
-        self.negatives = NegativeSampler(self.train_users, self.train_items, ds.n_items)
+        self.negatives = NegativeSampler(
+            self.train_users, self.train_items, ds.n_items, rule=cfg.train.negative_items
+        )
         self.sampler = None
         if not self.full_graph_mode:
             self.sampler = BatchSampler(
@@ -212,8 +236,7 @@ class Trainer:
             times.eval_s = eval_s
             self._accumulate(totals, times)
             self.epochs_trained_here += 1
-            improved = self._record_epoch(epoch, losses, valid, test, times)
-            stop = self.progress.bad_epochs >= cfg.train.patience
+            improved, stop = self._record_epoch(epoch, losses, valid, test, times)
             self._checkpoint_and_report(epoch, improved, stop)
             if stop:
                 log.info("early stop at epoch %d (best epoch %d)", epoch, self.progress.best_epoch)
@@ -236,24 +259,34 @@ class Trainer:
         started, train_s_before = time.monotonic(), times.train_s
         every = cfg.train.checkpoint_every_steps
         progress = StepProgress(epoch, first_step, steps, cfg.train.progress_every_s if ctx.is_main else 0.0)
-        for step in range(first_step, steps):
-            loss_rng = self._seed_step(epoch, step)
-            users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
-            weight = plan.loss_weight(step, ctx.rank, ctx.world_size)
-            terms = self.train_step(users, pos, neg, times, loss_rng, weight)
-            for name, value in terms.as_floats().items():
-                sums[name] += value
-            times.edges += len(users)
-            times.steps += 1
-            progress.step_done(step, sums["total"] / (step + 1))
-            if self.metrics is not None:
-                self.metrics.record_step(len(users), *self._last_step_io)
-            if every and (step + 1) % every == 0 and step + 1 < steps:
-                times.train_s = train_s_before + time.monotonic() - started
-                self.progress.partial_epoch = {
-                    "epoch": epoch, "next_step": step + 1, "sums": dict(sums), "times": asdict(times)
-                }
-                self._report({"epoch": epoch, "step": step + 1, "kind": "step"}, checkpoint=True)
+        peak_lr = scaled_lr(cfg.train.lr, cfg.train.batch_size, cfg.train.lr_reference_batch, cfg.train.lr_scaling)
+        prefetch = Prefetcher(
+            lambda step: self.prepare_step(plan, epoch, step),
+            range(first_step, steps),
+            self._prefetch_depth(),
+            self.input_thread,
+        )
+        with prefetch:
+            waited = time.monotonic()
+            for step, inputs in zip(range(first_step, steps), prefetch):
+                times.input_wait_s += time.monotonic() - waited
+                # lr is a function of the run's step index: a resumed run sets the same one
+                set_lr(self._scheduled_optimizers(), lr_at(epoch * steps + step, peak_lr, cfg.train.warmup_steps))
+                terms = self.train_step(inputs, times)
+                for name, value in terms.as_floats().items():
+                    sums[name] += value
+                times.edges += len(inputs.users)
+                times.steps += 1
+                progress.step_done(step, sums["total"] / (step + 1))
+                if self.metrics is not None:
+                    self.metrics.record_step(len(inputs.users), inputs.sample_s, inputs.fetch_s, inputs.fetched_bytes)
+                if every and (step + 1) % every == 0 and step + 1 < steps:
+                    times.train_s = train_s_before + time.monotonic() - started
+                    self.progress.partial_epoch = {
+                        "epoch": epoch, "next_step": step + 1, "sums": dict(sums), "times": asdict(times)
+                    }
+                    self._report({"epoch": epoch, "step": step + 1, "kind": "step"}, checkpoint=True)
+                waited = time.monotonic()
         self.progress.partial_epoch = {}
         times.train_s = train_s_before + time.monotonic() - started
         return {k: v / max(steps, 1) for k, v in sums.items()}, times
@@ -268,74 +301,81 @@ class Trainer:
         """Per-(epoch, step, rank) random streams for sampling and the CLUB bound's
         permutation: a run resumed at any step replays exactly what it would have done."""
         key = ((self.cfg.train.seed * 1_000_003 + epoch) * 1_000_003 + step) * 64 + self.ctx.rank
-        dgl.seed(key % (2**31))
+        dgl.seed(key % (2**31))  # on the input thread, the only one that samples (see prefetch)
         return torch.Generator().manual_seed(key % (2**63))
 
-    def train_step(self, users, pos, neg, times: EpochTimes, loss_rng, loss_weight: float = 1.0) -> LossTerms:
-        """One optimizer step on this worker's slice of the global batch; ``loss_weight``
+    def _scheduled_optimizers(self) -> list:
+        """The optimizers the lr recipe drives: the dense network's and the user tables'
+        (Q's fit keeps the configured lr: its data does not grow with the batch)."""
+        return [self.optimizer, self.table_optimizer]
+
+    def _prefetch_depth(self) -> int:
+        """Steps prepared ahead; the full-graph mode has nothing to prepare."""
+        return 0 if self.sampler is None else self.cfg.train.prefetch_batches
+
+    def prepare_step(self, plan, epoch: int, step: int) -> StepInputs:
+        """Everything a step needs that involves no other rank: its triples and loss weight,
+        its random streams, and (sampled modes) its computation graph and feature rows.
+
+        Runs on the prefetch thread (:mod:`sea_dist.train.prefetch`), ahead of the step.
+        """
+        ctx = self.ctx
+        users, pos, neg = plan.local_batch(step, ctx.rank, ctx.world_size)
+        inputs = StepInputs(
+            users, pos, neg, plan.loss_weight(step, ctx.rank, ctx.world_size), self._seed_step(epoch, step)
+        )
+        if self.sampler is None:
+            return inputs
+        started = time.monotonic()
+        inputs.batch = self._sample(*(torch.from_numpy(a) for a in (users, pos, neg)))
+        sampled = time.monotonic()
+        inputs.features, inputs.fetched_bytes = self._fetch_features(inputs.batch.input_items)
+        inputs.sample_s, inputs.fetch_s = sampled - started, time.monotonic() - sampled
+        return inputs
+
+    def train_step(self, inputs: StepInputs, times: EpochTimes) -> LossTerms:
+        """One optimizer step on this worker's slice of the global batch; ``inputs.loss_weight``
         (see ``EpochPlan.loss_weight``) makes unequal slices weigh by their triples."""
-        tick = time.monotonic()
-        fetch_before = times.feature_fetch_s
-        fetched_bytes = 0
-        users_t, pos_t, neg_t = (torch.from_numpy(a) for a in (users, pos, neg))
-        if self.full_graph_mode:
-            sampled = time.monotonic()
-            user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
-            views = self.model.auxiliary_views(self.features)
-            u = user_rep[users_t.to(self.device)]
-            pos_scores = (u * item_rep[pos_t.to(self.device)]).sum(1)
-            neg_scores = (u * item_rep[neg_t.to(self.device)]).sum(1)
-        else:
-            pos_scores, neg_scores, views, fetched_bytes, sampled = self._sampled_forward(
-                users_t, pos_t, neg_t, times
-            )
+        started = time.monotonic()
+        pos_scores, neg_scores, views, rows = self._forward(inputs)
         terms = sea_losses(
-            self.model, self.club, pos_scores, neg_scores, views, self.cfg.model, loss_rng
+            self.model, self.club, pos_scores, neg_scores, views, self.cfg.model, inputs.loss_rng
         )
         self.optimizer.zero_grad(set_to_none=True)
         self._zero_table_grads()
-        (terms.total * loss_weight).backward()  # DDP all-reduces (averages) dense gradients here
-        self._sync_table_grads()
+        (terms.total * inputs.loss_weight).backward()  # DDP all-reduces (averages) dense gradients here
+        self._sync_table_grads(rows)
         backward_done = time.monotonic()
-        # Q is fitted after the main backward and before the main step, as the reference does.
-        # Each worker fits on its own rows; averaging gradients by row count makes every
-        # inner step the step on all workers' rows together, and keeps the replicas equal.
-        pairs = self.club.fitting_pairs(terms.club_generic, terms.club_unique)
-        local_rows = float(pairs[0][1].shape[0])
-        total_rows = float(self.ctx.all_reduce_sum(torch.tensor([local_rows], dtype=torch.float64)))
-        fit_club(
-            pairs,
-            self.club_optimizer,
-            self.cfg.model.club_inner_steps,
-            lambda: self.ctx.average_gradients(self.club, local_rows, total_rows),
+        # Q is fitted after the main backward and before the main step, as the reference does,
+        # on every worker's rows (gathered once; each worker then runs the identical fit).
+        fit_club_step(
+            self.club, terms.club_generic, terms.club_unique, self.club_optimizer,
+            self.cfg.model.club_inner_steps, self.ctx if self.ctx.world_size > 1 else None,
         )
         fitted = time.monotonic()
         self.optimizer.step()
         self._step_tables()
         done = time.monotonic()
-        fetch_s = times.feature_fetch_s - fetch_before
-        times.sampling_s += sampled - tick - fetch_s
-        self._last_step_io = (sampled - tick - fetch_s, fetch_s, fetched_bytes)
-        times.model_s += (backward_done - sampled) + (done - fitted)
+        times.sampling_s += inputs.sample_s
+        times.feature_fetch_s += inputs.fetch_s
+        times.model_s += (backward_done - started) + (done - fitted)
         times.club_fit_s += fitted - backward_done
         return terms
 
-    def _sampled_forward(self, users_t, pos_t, neg_t, times: EpochTimes):
-        """Sample the batch's computation graph, gather its input rows, run the model.
-
-        Returns (pos scores, neg scores, auxiliary views, feature bytes gathered, the time
-        the model started); the time spent gathering features is added to
-        ``times.feature_fetch_s``.
-        """
-        batch = self._sample(users_t, pos_t, neg_t)
-        fetch_started = time.monotonic()
-        inputs, fetched_bytes = self._fetch_features(batch.input_items)
-        tables = self._gather_table_rows(batch)
-        batch = batch.to(self.device)
-        model_started = time.monotonic()
-        times.feature_fetch_s += model_started - fetch_started
-        out = self.step_model(batch, inputs, tables)
-        return out.pos_scores, out.neg_scores, out.views, fetched_bytes, model_started
+    def _forward(self, inputs: StepInputs):
+        """(pos scores, neg scores, auxiliary views, the table rows the model read)."""
+        if inputs.batch is None:  # full graph: the reference's forward over everything
+            user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
+            views = self.model.auxiliary_views(self.features)
+            u = user_rep[torch.from_numpy(inputs.users).to(self.device)]
+            pos = (u * item_rep[torch.from_numpy(inputs.pos).to(self.device)]).sum(1)
+            neg = (u * item_rep[torch.from_numpy(inputs.neg).to(self.device)]).sum(1)
+            return pos, neg, views, self.tables
+        rows = self._gather_table_rows(inputs.batch)  # a collective when tables are sharded
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
+            out = self.step_model(inputs.batch.to(self.device), inputs.features, rows)
+        views = out.views.to_float() if self.cfg.train.precision == "bf16" else out.views  # losses in fp32
+        return out.pos_scores.float(), out.neg_scores.float(), views, rows
 
     def _sample(self, users_t, pos_t, neg_t):
         return self.sampler.sample(users_t, pos_t, neg_t)
@@ -353,7 +393,7 @@ class Trainer:
         if self.table_optimizer is not None:
             self.table_optimizer.zero_grad(set_to_none=True)
 
-    def _sync_table_grads(self) -> None:
+    def _sync_table_grads(self, rows) -> None:
         if self.table_optimizer is not None:
             synchronize_sparse_gradients(self.tables, self.ctx)
 
@@ -381,16 +421,17 @@ class Trainer:
         return valid, test, time.monotonic() - started
 
     # ---- bookkeeping --------------------------------------------------------------------
-    def _record_epoch(self, epoch, losses, valid, test, times: EpochTimes) -> bool:
+    def _record_epoch(self, epoch, losses, valid, test, times: EpochTimes) -> tuple[bool, bool]:
+        """Book the epoch; returns (new best epoch?, stop now?) by MMRec's rule."""
         p = self.progress
         score = valid[self.cfg.eval.valid_metric]
-        improved = score > p.best_score
+        verdict = early_stopping(score, p.best_score, p.bad_epochs, self.cfg.train.patience)
+        improved = verdict.improved
+        p.best_score, p.bad_epochs = verdict.best, verdict.counter
         if improved:
-            p.best_score, p.best_epoch, p.bad_epochs = score, epoch, 0
+            p.best_epoch = epoch
             p.best_valid, p.best_test = dict(valid), dict(test)
             self.best_state = copy.deepcopy(self.parameters_state())
-        else:
-            p.bad_epochs += 1
         p.next_epoch = epoch + 1
         record = {
             "epoch": epoch,
@@ -403,6 +444,7 @@ class Trainer:
             "feature_fetch_s": round(times.feature_fetch_s, 3),
             "model_s": round(times.model_s, 3),
             "club_fit_s": round(times.club_fit_s, 3),
+            "input_wait_s": round(times.input_wait_s, 3),
             "eval_s": round(times.eval_s, 3),
             "train_edges_per_s": times.edges / max(times.train_s, 1e-9),
             "steps": times.steps,
@@ -424,7 +466,7 @@ class Trainer:
                 file=sys.stderr,  # progress on stderr; stdout carries results (tables, JSON)
                 flush=True,
             )
-        return improved
+        return improved, verdict.stop
 
     def _cache_hit_ratio(self) -> float:
         """Share of feature rows served without a read (here: all, features are in memory)."""
@@ -543,6 +585,7 @@ class Trainer:
                 "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_here,
                 "model_s_per_epoch": totals.model_s / epochs_here,
                 "club_fit_s_per_epoch": totals.club_fit_s / epochs_here,
+                "input_wait_s_per_epoch": totals.input_wait_s / epochs_here,
                 "eval_s_per_epoch": totals.eval_s / epochs_here,
                 "train_s_per_epoch": totals.train_s / epochs_here,
             },

@@ -161,8 +161,12 @@ class PartitionedTrainer(Trainer):
         # of every stored edge, ~0.5 GB per worker on the 2M-user tier).
         del graph
         lp.ui_users = lp.ui_items = lp.train_mask = None
-        # negatives come from the items with kNN rows here (the extras have none)
-        self.negatives = NegativeSampler(self.train_users, self.train_items, lp.n_dgl_items)
+        # negatives come from the items with kNN rows here (the extras have none); under
+        # MMRec's rule only those that occur in training anywhere (full-graph degree > 0)
+        self.negatives = NegativeSampler(
+            self.train_users, self.train_items, lp.n_dgl_items, rule=cfg.train.negative_items,
+            train_item_mask=lp.item_degree[: lp.n_dgl_items] > 0,
+        )
         self.stores = open_feature_stores(
             cfg.data.root, self.modality_dims, endpoint, cache_rows=cfg.train.feature_cache_rows
         )
@@ -254,21 +258,22 @@ class PartitionedTrainer(Trainer):
         return batch
 
     def _gather_table_rows(self, batch: MiniBatch):
-        self._rows = self.tables.gather(batch.input_users.to(self.device))
-        return self._rows
+        return self.tables.gather(batch.input_users.to(self.device))
+
+    def _scheduled_optimizers(self) -> list:
+        return [self.optimizer, self.tables.optimizer]
 
     def _zero_table_grads(self) -> None:
         self.tables.zero_grad()
 
-    def _sync_table_grads(self) -> None:
-        self.tables.push_gradients(self._rows)
+    def _sync_table_grads(self, rows) -> None:
+        self.tables.push_gradients(rows)
 
     def _step_tables(self) -> None:
         traffic = self.tables.step()
         for name, value in traffic.as_dict().items():
             if hasattr(self.table_traffic, name):
                 setattr(self.table_traffic, name, getattr(self.table_traffic, name) + value)
-        self._rows = None
 
     # ---- evaluation and outputs -------------------------------------------------------------
     def _own(self, inner: np.ndarray, global_ids: np.ndarray) -> np.ndarray:

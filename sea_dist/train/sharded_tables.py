@@ -230,7 +230,7 @@ class _SparseAdamTables:
         inference reads for the users it computes."""
         tables = self._held_tables()
         with torch.no_grad():
-            local = self._held_index(ids.to(device=self.device, dtype=torch.int64))
+            local = self._held_index(ids.to(device=tables[0].weight.device, dtype=torch.int64))
             return [t.weight[local] for t in tables[:-1]], tables[-1].weight[local]
 
     def _held_tables(self) -> list[nn.Embedding]:

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 SPEC = SyntheticSpec(n_users=180, n_items=80, n_interactions=2400, modalities={"image": 12, "text": 8})
 
 
-def _overrides(root: str, parts: int, method: str, mm_layers: int) -> dict:
+def _overrides(root: str, parts: int, method: str, mm_layers: int, tables: str) -> dict:
     return {
         "data.root": root,
         "train.partitioned": True,
@@ -36,6 +36,7 @@ def _overrides(root: str, parts: int, method: str, mm_layers: int) -> dict:
         "prepare.part_method": method,
         "model.embedding_dim": 8,
         "model.n_mm_layers": mm_layers,
+        "train.user_tables": tables,
         "output.output_dir": "",
     }
 
@@ -74,10 +75,15 @@ def _prepared_index(map_raw: np.ndarray, raw: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "parts,method,ids,mm_layers",
-    [(2, "random", "int", 1), (2, "metis", "str", 1), (3, "random", "str", 2), (3, "metis", "int", 1)],
+    "parts,method,ids,mm_layers,tables",
+    [
+        (2, "random", "int", 1, "sharded"),
+        (2, "metis", "str", 1, "replicated"),
+        (3, "random", "str", 2, "sharded"),
+        (3, "metis", "int", 1, "sharded"),
+    ],
 )
-def test_partitioned_embeddings_equal_full_graph(parts, method, ids, mm_layers, tmp_path):
+def test_partitioned_embeddings_equal_full_graph(parts, method, ids, mm_layers, tables, tmp_path):
     root = str(tmp_path / "data")
     if ids == "str":
         from tests.string_ids import write_string_id_synthetic
@@ -85,7 +91,7 @@ def test_partitioned_embeddings_equal_full_graph(parts, method, ids, mm_layers, 
         write_string_id_synthetic(SPEC, root)
     else:
         write_synthetic(SPEC, root)
-    overrides = _overrides(root, parts, method, mm_layers)
+    overrides = _overrides(root, parts, method, mm_layers, tables)
     prepared = run_prepare(apply_overrides(Config(), overrides))
     overrides["data.prepared"] = prepared.uri
     ranks = run_distributed(_infer, parts, overrides)

@@ -63,7 +63,7 @@ def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
     import torch
 
     from sea_dist.train.distributed import WorkerContext
-    from sea_dist.train.loop import EpochTimes, Trainer
+    from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 
     torch.set_num_threads(1)
     trainer = Trainer(apply_overrides(Config(), overrides), WorkerContext.from_process_group())
@@ -72,7 +72,10 @@ def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
         lo, hi = ((0, CUT), (CUT, UNION))[rank]
         users, pos, neg = users[lo:hi], pos[lo:hi], neg[lo:hi]
     weight = len(users) * world / UNION if weighted else 1.0
-    trainer.train_step(users, pos, neg, EpochTimes(), torch.Generator().manual_seed(0), weight)
+    inputs = StepInputs(users, pos, neg, weight, torch.Generator().manual_seed(0))
+    inputs.batch = trainer.sampler.sample(*(torch.from_numpy(a) for a in (users, pos, neg)))
+    inputs.features, _ = trainer._fetch_features(inputs.batch.input_items)
+    trainer.train_step(inputs, EpochTimes())
     grads = {f"model.{n}": p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     for n, p in trainer.tables.named_parameters():
         grads[f"tables.{n}"] = p.grad.to_dense().clone()
