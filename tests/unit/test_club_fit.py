@@ -7,7 +7,12 @@ import torch
 
 from sea_dist.config import ModelConfig
 from sea_dist.model.club_fit import fit_club, fit_club_reference, intra_op_threads
-from sea_dist.model.objective import ClubEstimators, fit_club_step, gather_fitting_pairs
+from sea_dist.model.objective import (
+    ClubEstimators,
+    fit_club_step,
+    gather_fitting_pairs,
+    merge_identical_rows,
+)
 from sea_dist.train.distributed import WorkerContext
 from tests.dist_utils import run_distributed
 
@@ -127,26 +132,52 @@ def test_fit_runs_on_one_thread_and_restores_the_count():
 
 
 class _TwoFakeRanks:
-    """all_gather_rows as two ranks would answer it, the second rank's rows being ours + 100."""
+    """all_gather_rows as two ranks would answer it: the second rank's rows are ours plus
+    ``shift`` (0: the same items on both ranks)."""
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, shift: float):
+        self.calls, self.shift = 0, shift
 
     def all_gather_rows(self, tensor):
         self.calls += 1
-        return torch.cat([tensor, tensor + 100.0])
+        return torch.cat([tensor, tensor + self.shift])
 
 
 def test_gather_packs_every_pair_into_one_collective():
     club, _ = _club("within_modality")
     generic, unique = _views(MODES["within_modality"], 5, seed=1)
     pairs = club.fitting_pairs(generic, unique)
-    workers = _TwoFakeRanks()
-    gathered = gather_fitting_pairs(pairs, workers)
-    assert workers.calls == 1
+    workers = _TwoFakeRanks(100.0)
+    gathered, weights = gather_fitting_pairs(pairs, workers)
+    assert workers.calls == 1 and weights is None  # no row repeats
     for (net, x, y), (gnet, gx, gy) in zip(pairs, gathered):
         assert gnet is net
         assert torch.equal(gx, torch.cat([x, x + 100.0])) and torch.equal(gy, torch.cat([y, y + 100.0]))
+
+
+def test_identical_rows_are_merged_with_their_counts():
+    rows = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [1.0, 2.0, 3.0], [1.0, 2.0, 7.0], [1.0, 2.0, 3.0]])
+    distinct, counts = merge_identical_rows(rows)  # rows 0, 2, 3, 4 share a key: the exact path
+    as_dict = {tuple(r.tolist()): int(c) for r, c in zip(distinct, counts)}
+    assert as_dict == {(1.0, 2.0, 3.0): 3, (4.0, 5.0, 6.0): 1, (1.0, 2.0, 7.0): 1}
+    distinct, counts = merge_identical_rows(rows[[0, 1, 2]])  # keys tell them apart
+    assert distinct.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]] and counts.tolist() == [2.0, 1.0]
+    assert merge_identical_rows(rows[[0, 1, 3]])[1] is None
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_merged_rows_fit_as_the_rows_they_stand_for(mode):
+    """Two fake ranks holding the same items: the fit on merged rows (weight 2) equals the
+    plain fit on both copies."""
+    generic, unique = _views(MODES[mode], 31, seed=5)
+    fast, fast_opt = _club(mode)
+    gathered, weights = gather_fitting_pairs(fast.fitting_pairs(generic, unique), _TwoFakeRanks(0.0))
+    assert weights is not None and weights.tolist() == [2.0] * 31
+    fit_club(gathered, fast_opt, 50, row_weights=weights)
+    ref, ref_opt = _club(mode)
+    both = ({m: torch.cat([t, t]) for m, t in generic.items()}, {m: torch.cat([t, t]) for m, t in unique.items()})
+    fit_club_reference(ref.fitting_pairs(*both), ref_opt, 50)
+    assert _max_diff(_state(fast, fast_opt), _state(ref, ref_opt)) < TOL
 
 
 def test_unsupported_optimizers_are_refused():
@@ -160,7 +191,10 @@ def test_unsupported_optimizers_are_refused():
 
 # ---- across workers ---------------------------------------------------------------------
 def _rank_views(mode: str, rank: int):
-    return _views(MODES[mode], 23 + 9 * rank, seed=100 + rank)  # unequal rows per rank
+    """Unequal rows per rank; the first 11 (items every rank's batch holds) equal on all."""
+    shared = _views(MODES[mode], 11, seed=99)
+    own = _views(MODES[mode], 23 + 9 * rank, seed=100 + rank)
+    return tuple({m: torch.cat([a[m], b[m]]) for m in a} for a, b in zip(shared, own))
 
 
 def _fit_on_workers(rank, world):
@@ -183,6 +217,8 @@ def _fit_both_ways(rank, ctx):
         fast, fast_opt = _club(mode)
         fit_club_step(fast, generic, unique, fast_opt, 50, ctx)
         out[mode] = (_state(ref, ref_opt), _state(fast, fast_opt))
+    _, weights = gather_fitting_pairs(pairs, ctx)
+    out["merged_rows"] = None if weights is None else (weights.shape[0], float(weights.sum()))
     return out
 
 
@@ -199,6 +235,8 @@ def _one_process(mode: str, world: int):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_gathered_fit_equals_per_step_averaging_and_one_process_fit(world):
     results = [_fit_on_workers(0, 1)] if world == 1 else run_distributed(_fit_on_workers, world)
+    own = sum(23 + 9 * r for r in range(world))
+    assert results[0]["merged_rows"] == (None if world == 1 else (11 + own, 11.0 * world + own))
     for mode in MODES:
         whole = _one_process(mode, world)
         fast0 = results[0][mode][1]
