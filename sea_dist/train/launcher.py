@@ -23,7 +23,7 @@ from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
 from sea_dist.data.dataset import DatasetError, DatasetMeta, load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
 from sea_dist.ops.publish import Publisher, PublishError, config_fingerprint
-from sea_dist.ops.retry import with_retries
+from sea_dist.ops.retry import configure_storage, with_retries
 from sea_dist.ops.metrics import (
     MetricsIdentity,
     TrainingMetrics,
@@ -163,6 +163,7 @@ def check_warm_start(cfg: Config) -> None:
 
 def run(cfg: Config) -> dict:
     cfg = resolve_config(cfg)
+    configure_storage(cfg.data)  # botocore retry mode, timeouts, our retry budget (data.s3_*)
     # Configuration and data problems are found here, in the driver, before any worker
     # starts: they fail once, with one message (transient storage faults are retried).
     meta = with_retries(lambda: load_meta(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
@@ -264,6 +265,8 @@ def run_local(cfg: Config, dataset_version: str = "") -> dict:
     """Full-graph mode (or a 1-process sampled run) in this process, no Ray."""
     from sea_dist.train.loop import Trainer  # heavy imports only where training happens
 
+    configure_storage(cfg.data)
+
     if "://" in cfg.train.storage_path:
         raise ConfigError("full-graph mode keeps checkpoints on a local path; set train.storage_path")
     checkpoints = LocalCheckpoints(cfg.train.storage_path, cfg.train.run_name)
@@ -318,6 +321,7 @@ def ray_train_worker(loop_config: dict) -> None:
 def _train_in_worker(cfg: Config, ctx: WorkerContext, context, device, trainer_class, dataset_version: str) -> None:
     import ray.train
 
+    configure_storage(cfg.data)  # a worker process starts with the defaults
     resume_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None and cfg.train.partitioned:
@@ -368,9 +372,10 @@ def _flat_metrics(metrics: dict, prefix: str = "") -> dict:
 
 
 def storage_for(cfg: Config):
-    """(storage_path, storage_filesystem) for Ray's RunConfig; S3 endpoints need a filesystem."""
+    """(storage_path, storage_filesystem) for Ray's RunConfig. S3 goes through our s3fs client
+    (endpoint, botocore retry mode and timeouts from ``data.s3_*``), not pyarrow's own."""
     path = cfg.train.storage_path
-    if path.startswith("s3://") and cfg.data.s3_endpoint_url:
+    if path.startswith(("s3://", "s3a://")):
         import pyarrow.fs
 
         fs, bare = make_filesystem(path, cfg.data.s3_endpoint_url)
