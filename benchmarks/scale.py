@@ -182,8 +182,9 @@ def prepare(root: str, endpoint: str, parts: int, logdir: str) -> dict:
             "machine_peak_used_mb": out["machine_peak_used_mb"], "manifest": manifest}
 
 
-def train(root: str, endpoint: str, parts: int, logdir: str, extra: dict) -> dict:
-    outdir = tempfile.mkdtemp(prefix="sea_scale_out_", dir="/tmp")
+def train(root: str, endpoint: str, parts: int, logdir: str, extra: dict, outdir: str = "", resume: bool = False) -> dict:
+    keep = bool(outdir)
+    outdir = outdir or tempfile.mkdtemp(prefix="sea_scale_out_", dir="/tmp")
     settings = {
         **TRAIN_DEFAULTS,
         "data.root": root,
@@ -194,14 +195,35 @@ def train(root: str, endpoint: str, parts: int, logdir: str, extra: dict) -> dic
         "output.output_dir": outdir,
         **extra,
     }
-    out = timed([sys.executable, "jobs/train.py"] + overrides(settings), os.path.join(logdir, f"train-p{parts}.log"))
+    cmd = [sys.executable, "jobs/train.py"] + overrides(settings) + (["--resume"] if resume else [])
+    out = timed(cmd, os.path.join(logdir, f"train-p{parts}.log"))
     with open(os.path.join(outdir, "MANIFEST.json")) as f:
         prefix = json.load(f)["prefix"]
     with open(os.path.join(outdir, prefix, "summary.json")) as f:
         summary = json.load(f)
-    shutil.rmtree(outdir, ignore_errors=True)
+    with open(os.path.join(outdir, "metrics.jsonl")) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+    if not keep:
+        shutil.rmtree(outdir, ignore_errors=True)
     return {"wall_s": out["wall_s"], "machine_peak_used_mb": out["machine_peak_used_mb"], "summary": summary,
-            "settings": settings}
+            "settings": settings, "history": history}
+
+
+def quality_curve(history: list[dict], metric: str = "recall@20") -> dict:
+    """Validation metric after every epoch against the cumulative training + evaluation time,
+    and the time at which the run first reached 90% of its best (time to quality)."""
+    curve, elapsed = [], 0.0
+    for record in (r for r in history if r.get("kind", "epoch") == "epoch" and "valid" in r):
+        elapsed += float(record.get("train_s", 0.0)) + float(record.get("eval_s", 0.0))
+        curve.append({"epoch": record["epoch"], f"valid_{metric}": record["valid"][metric], "elapsed_s": round(elapsed, 1)})
+    best = max((c[f"valid_{metric}"] for c in curve), default=0.0)
+    reached = next((c for c in curve if c[f"valid_{metric}"] >= 0.9 * best), None)
+    return {
+        "curve": curve,
+        f"best_valid_{metric}": best,
+        "time_to_90pct_best_s": reached["elapsed_s"] if reached else None,
+        "epoch_to_90pct_best": reached["epoch"] if reached else None,
+    }
 
 
 def train_record(tier: dict, parts: int, result: dict) -> dict:
@@ -238,6 +260,8 @@ def train_record(tier: dict, parts: int, result: dict) -> dict:
         "mean_block_edges_per_step_per_worker": part.get("mean_block_edges_per_step_per_worker"),
         "valid_recall@20": s["valid"].get("recall@20"),
         "popularity_test_recall@20": s.get("popularity_test_recall@20"),
+        "popularity_valid_recall@20": s.get("popularity_valid_recall@20"),
+        **quality_curve(result["history"]),
         "settings": {k: v for k, v in result["settings"].items() if not k.startswith(("data.", "output."))},
     }
 
@@ -255,6 +279,12 @@ def main() -> int:
     ap.add_argument("--skip-main", action="store_true", help="only the --parts sweep")
     ap.add_argument("--set", action="append", default=[], help="extra train override key=value")
     ap.add_argument("--logdir", default="", help="stage logs (default: a temp dir)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of the main run (a validation point after each)")
+    ap.add_argument("--output-dir", default="",
+                    help="keep the main run's outputs and checkpoints here (default: a temp dir, removed)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the main run in --output-dir from its last checkpoint (the data is "
+                         "regenerated identically and prepare reuses its version)")
     args = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.set)
     logdir = args.logdir or tempfile.mkdtemp(prefix="sea_scale_logs_", dir="/tmp")
@@ -275,8 +305,13 @@ def main() -> int:
         )
         emit({"stage": "generate", **tier, "wall_s": gen["wall_s"], "peak_rss_mb": gen["peak_rss_mb"],
               "machine_peak_used_mb": gen["machine_peak_used_mb"]})
-        main_extra = {"train.max_steps_per_epoch": args.max_steps} if args.max_steps else {}
+        if args.resume and not args.output_dir:
+            ap.error("--resume needs --output-dir (where the run's checkpoints are)")
+        main_extra = {"train.epochs": args.epochs}
+        if args.max_steps:
+            main_extra["train.max_steps_per_epoch"] = args.max_steps
         runs = [] if args.skip_main else [(args.workers, main_extra, False)]
+        main_outdir = os.path.abspath(args.output_dir) if args.output_dir else ""
         # the sweep keeps the smaller batch of its recorded figures (benchmarks/results/scale_sweep_400k.jsonl)
         runs += [(int(p), {"train.max_steps_per_epoch": args.sweep_steps, "eval.max_users": 2000,
                            "train.batch_size": 16384}, True)
@@ -289,7 +324,8 @@ def main() -> int:
                 "peak_rss_mb": prep["peak_rss_mb"], "machine_peak_used_mb": prep["machine_peak_used_mb"], "reused": m["reused"], "method": m["partitions"]["method"],
                 "knn": m["knn"], "timings": m["timings"], "bytes": m["bytes"], "part_stats": m["partitions"]["parts"],
             })
-            result = train(root, moto.url, parts, logdir, {**extra, **run_extra})
+            result = train(root, moto.url, parts, logdir, {**extra, **run_extra},
+                           outdir="" if sweep else main_outdir, resume=args.resume and not sweep)
             emit({**train_record(tier, parts, result), "sweep": sweep})
         emit({"stage": "moto", "peak_rss_mb": round(moto.peak_rss_mb(), 1), "rss_mb_at_end": round(_proc_status_mb(moto.proc.pid, "VmRSS"), 1),
               "machine_used_mb_before_start": round(machine_before, 1)})

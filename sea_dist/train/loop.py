@@ -560,6 +560,7 @@ class Trainer:
         """Final metrics; every rank takes part in the gathers, rank 0 gets the result."""
         p, ctx = self.progress, self.ctx
         popularity = self.evaluator.popularity("test")
+        popularity_valid = self.evaluator.popularity("valid")  # what validation curves compare to
         rss = ctx.all_gather_rows(torch.tensor([[peak_rss_mb()]], dtype=torch.float64))
         edges = ctx.all_gather_rows(torch.tensor([[float(totals.edges)]], dtype=torch.float64))
         self._restore_best()
@@ -578,6 +579,7 @@ class Trainer:
             "test": p.best_test,
             "popularity_test": popularity,
             "popularity_test_recall@20": popularity.get("recall@20"),
+            "popularity_valid_recall@20": popularity_valid.get("recall@20"),
             "throughput": {
                 "train_edges_per_s": float(edges.sum()) / train_s,
                 "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
