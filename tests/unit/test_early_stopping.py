@@ -76,3 +76,44 @@ def test_reference_patience_trains_21_epochs_past_the_best():
 def test_an_improving_epoch_never_stops(stopping_step):
     v = early_stopping(0.3, 0.2, stopping_step + 5, stopping_step)
     assert v.improved and not v.stop and v.counter == 0
+
+
+# ---- wired into the training loop: Trainer.fit stops and picks the best epoch by this rule -----
+def _scripted_fit(trainer, scores, patience):
+    """Run ``Trainer.fit`` with training replaced by nothing and validation by ``scores``."""
+    from sea_dist.train.loop import LOSS_TERMS, EpochTimes, Progress
+
+    trainer.cfg.train.patience = patience
+    trainer.cfg.train.epochs = len(scores)
+    trainer.progress = Progress()
+    feed = iter(scores)
+    trainer.train_epoch = lambda epoch: (dict.fromkeys(LOSS_TERMS, 0.0), EpochTimes())
+
+    def validate():
+        score = next(feed)
+        return {"recall@20": score}, {"recall@20": score / 2}, 0.0
+
+    trainer.validate = validate
+    trainer.fit()
+    return trainer.progress.best_epoch, len(trainer.progress.history)
+
+
+def test_trainer_fit_follows_mmrecs_rule(tmp_path):
+    from sea_dist.config import Config
+    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.train.loop import Trainer
+
+    root = write_synthetic(
+        SyntheticSpec(n_users=40, n_items=30, n_interactions=400, modalities={"image": 4}, name="es"),
+        str(tmp_path / "data"),
+    )
+    cfg = Config()
+    cfg.data.root, cfg.output.output_dir, cfg.train.full_graph = root, str(tmp_path / "out"), True
+    cfg.eval.topk = [20]
+    trainer = Trainer(cfg, WorkerContext())
+    # 0.20004 rounds to the best (0.2): not a new best epoch (an unrounded rule picks epoch 2)
+    assert _scripted_fit(trainer, [0.1, 0.2, 0.20004, 0.19, 0.18, 0.17, 0.16], patience=2) == (1, 5)
+    # the stop comes when the counter exceeds the patience: epoch 3, after 4 epochs (a
+    # `counter >= patience` rule stops after 3)
+    assert _scripted_fit(trainer, [0.1, 0.09, 0.08, 0.07, 0.06], patience=2) == (0, 4)
