@@ -94,6 +94,9 @@ def test_killed_worker_resumes_from_checkpoint(tiny_root, tmp_path):
     rc, log, _ = _run(tiny_root, tmp_path / "clean")
     assert rc == 0, log[-3000:]
     clean = published_summary(tmp_path / "clean")
+    # 3 epochs of 15 steps are enough to beat popularity on this data (measured: test
+    # recall@20 0.4195 vs popularity 0.2935, 1.43x)
+    assert clean["test"]["recall@20"] >= 1.2 * clean["popularity_test_recall@20"], clean["test"]
 
     rc, log, killed = _run(tiny_root, tmp_path / "killed", kill_in_epoch1=True)
     assert killed, "no registered mid-epoch checkpoint of epoch 1, or no RayTrainWorker to kill:\n" + log[-3000:]
@@ -129,7 +132,12 @@ def test_killed_partitioned_worker_resumes_from_its_table_shard(tiny_root, tmp_p
     print(f"partitioned worker killed after {killed['after']}; resumed at step {resumed[0]}; "
           f"valid recall@20 clean {clean['valid']['recall@20']:.6f} vs killed {summary['valid']['recall@20']:.6f}")
     _same_result(clean, summary)
-    checkpoints = [d for d, _, files in os.walk(tmp_path / "killed" / "checkpoints") if "state.pt" in files]
-    assert checkpoints and all(
-        {"rank-00000.pt", "rank-00001.pt"} <= set(os.listdir(d)) for d in checkpoints
+    # every checkpoint Ray Train holds (the ones a restart resumes from) has every rank's shard;
+    # a report cut short by the kill may leave an unregistered partial directory behind
+    [snapshot] = glob.glob(str(tmp_path / "killed" / "checkpoints" / "*" / "checkpoint_manager_snapshot.json"))
+    with open(snapshot) as f:
+        names = [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
+    held = [os.path.join(os.path.dirname(snapshot), name) for name in names]
+    assert held and all(
+        {"state.pt", "rank-00000.pt", "rank-00001.pt"} <= set(os.listdir(d)) for d in held
     ), "a checkpoint without every rank's table shard"
