@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 """Q's fit (CLUB) before and after issue 13, side by side on a default-dataset step; JSON lines.
 
-Per world size (gloo ranks on loopback, one torch thread each, as Ray's one-CPU workers):
+Per world size (gloo ranks on loopback, one torch thread each, as Ray's one-CPU workers), a
+sampled-mode Trainer on the bundled default dataset runs ``--steps`` steps with
+``club_inner_steps = 0`` (the step without Q's fit: sampling, fetch, model); inside each step,
+where the fit runs, the step's real (generic, unique) pairs are fitted by each variant from
+the same Q and a fresh Adam (the order alternates between steps), so fits and steps are
+timed in the same seconds:
 
-1. a sampled-mode Trainer on the bundled default dataset runs ``--steps`` steps with
-   ``club_inner_steps = 0``: the step's cost without Q's fit (sampling, fetch, model), and
-   the step's real (generic, unique) pairs, recorded on every rank;
-2. on each recorded step, interleaved (the order alternates), from the same Q and Adam state:
-   ``before``: autograd, one gradient all-reduce per inner step, this rank's rows
-   (the pre-issue-13 path) and ``after``: :func:`fit_club_step` (rows gathered once, the fast
-   local fit); ``--inner-steps`` (50, the reference's) inner steps each; with one rank also
-   ``before`` at 2 threads (what a one-process run used: torch's default on this machine);
-3. with ``--trainer``, also a Trainer run with the configured fit: summary.json's
-   ``club_fit_s_per_epoch`` over ``train_s_per_epoch`` (whatever loop.py calls now).
+- ``before``: autograd, one gradient all-reduce per inner step, this rank's rows (the path
+  before issue 13); with one rank also ``before_2_threads`` (what a one-process run used:
+  torch's default thread count on this machine) on the first ``--two-thread-steps`` steps;
+- ``after``: :func:`fit_club_step` (rows gathered once, identical rows merged, the fast
+  local fit on one thread).
+
+``--inner-steps`` (50, the reference's) inner steps each. With ``--trainer``, also a Trainer
+run with the configured fit: summary.json's ``club_fit_s_per_epoch`` over
+``train_s_per_epoch`` (whatever loop.py calls now).
 
 Shares are fit / (step without fit + fit), in wall seconds (``*_share``; a step waits for
 its slowest rank) and in the process's CPU seconds (``*_share_cpu``: what a quiet machine
@@ -20,7 +24,7 @@ would show, as long as the ranks have a core each). Load from other work moves a
 seconds: compare the ratios of one run (both paths are timed in the same minute,
 interleaved).
 
-    python benchmarks/club_fit.py [--worlds 1,2] [--steps 6] [--inner-steps 50] [--trainer]
+    python benchmarks/club_fit.py [--worlds 1,2] [--steps 8] [--inner-steps 50] [--trainer]
 """
 from __future__ import annotations
 
@@ -75,42 +79,22 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
     common = {"train.max_steps_per_epoch": args.steps, "train.progress_every_s": 0}
     trainer = _trainer({**common, "model.club_inner_steps": 0}, ctx, os.path.join(out_dir, f"nofit{rank}"))
     club0 = copy.deepcopy(trainer.club)  # Q as the run starts: every timed fit starts here
-    recorded, called_at, cpu_at = [], [], []
-    original = trainer.club.fitting_pairs
+    lr = trainer.cfg.train.lr
+    fits: dict[str, list[tuple[float, float]]] = {}
+    marks: list[tuple[float, float, float, float]] = []  # (wall in, cpu in, wall out, cpu out)
+    rows: list[int] = []
 
-    def recording(generic, unique):
-        called_at.append(time.perf_counter())
-        cpu_at.append(time.process_time())
-        recorded.append(({m: t.detach().clone() for m, t in generic.items()},
-                         {m: t.detach().clone() for m, t in unique.items()}))
-        return original(generic, unique)
-
-    trainer.club.fitting_pairs = recording
-    trainer.fit()
-    steps = len(recorded)
-    # one step without the fit: from one step's pairs to the next one's (the first step,
-    # with its one-time costs, is only the start of the first interval)
-    intervals = [b - a for a, b in zip(called_at, called_at[1:])]
-    cpu_intervals = [b - a for a, b in zip(cpu_at, cpu_at[1:])]
-    result = {
-        "steps": steps,
-        "step_without_fit_s": statistics.median(intervals),
-        "step_without_fit_cpu_s": statistics.median(cpu_intervals),
-        "rows_per_worker": [int(next(iter(g.values())).shape[0]) for g, _ in recorded],
-        "fits": {},
-    }
-
-    barrier = ctx.barrier
-    variants = ["before", "after"] + (["before_2_threads"] if world == 1 else [])
-    for index, (generic, unique) in enumerate(recorded):
-        order = variants if index % 2 == 0 else variants[::-1]
-        for name in order:
+    def fit_variants(generic, unique, index):
+        """Time each variant on this step's pairs, from the same Q and a fresh Adam."""
+        variants = ["before", "after"]
+        if world == 1 and index < args.two_thread_steps:
+            variants.append("before_2_threads")
+        for name in variants if index % 2 == 0 else variants[::-1]:
             club = copy.deepcopy(club0)
-            opt = torch.optim.Adam(club.parameters(), lr=trainer.cfg.train.lr)
+            opt = torch.optim.Adam(club.parameters(), lr=lr)
             if name == "after":
-                run = lambda: fit_club_step(  # noqa: E731
-                    club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None
-                )
+                def run(club=club, opt=opt):
+                    fit_club_step(club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None)
             else:
                 pairs = club.fitting_pairs(generic, unique)
                 local = float(pairs[0][1].shape[0])
@@ -121,15 +105,40 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
                         pairs, opt, args.inner_steps, lambda: ctx.average_gradients(club, local, total)
                     )
 
-            threads = 2 if name == "before_2_threads" else 1
-            with intra_op_threads(threads):
-                wall, cpu = _timed(run, barrier)
-            result["fits"].setdefault(name, []).append((wall, cpu))
+            with intra_op_threads(2 if name == "before_2_threads" else 1):
+                fits.setdefault(name, []).append(_timed(run, ctx.barrier))
+
+    original = trainer.club.fitting_pairs
+
+    def timing_hook(generic, unique):
+        """Runs inside each training step, where the fit runs: fits timed in the same
+        seconds as the step around them."""
+        wall_in, cpu_in = time.perf_counter(), time.process_time()
+        generic = {m: t.detach() for m, t in generic.items()}
+        unique = {m: t.detach() for m, t in unique.items()}
+        rows.append(int(next(iter(generic.values())).shape[0]))
+        fit_variants(generic, unique, len(rows) - 1)
+        marks.append((wall_in, cpu_in, time.perf_counter(), time.process_time()))
+        return original(generic, unique)
+
+    trainer.club.fitting_pairs = timing_hook
+    trainer.fit()
+    # a step without the fit: from leaving one step's hook to entering the next one's (the
+    # first step, with its one-time costs, only ends the first interval)
+    walls = [b[0] - a[2] for a, b in zip(marks, marks[1:])]
+    cpus = [b[1] - a[3] for a, b in zip(marks, marks[1:])]
+    result = {
+        "steps": len(rows),
+        "step_without_fit_s": walls,
+        "step_without_fit_cpu_s": cpus,
+        "rows_per_worker": rows,
+        "fits": fits,
+    }
     if args.trainer:
         configured = _trainer(common, ctx, os.path.join(out_dir, f"fit{rank}")).fit()["throughput"]
         result["trainer"] = {
-            "club_fit_s_per_step": configured["club_fit_s_per_epoch"] / steps,
-            "train_s_per_step": configured["train_s_per_epoch"] / steps,
+            "club_fit_s_per_step": configured["club_fit_s_per_epoch"] / len(rows),
+            "train_s_per_step": configured["train_s_per_epoch"] / len(rows),
         }
     return result
 
@@ -165,32 +174,39 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="training steps recorded and fitted (>= 2)")
     p.add_argument("--inner-steps", type=int, default=50, help="Q's inner Adam steps per fit")
     p.add_argument("--trainer", action="store_true", help="also a Trainer run with the configured fit")
+    p.add_argument(
+        "--two-thread-steps", type=int, default=2,
+        help="with one rank, steps on which the old fit is also timed at 2 threads (slow under load)",
+    )
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     for world in (int(w) for w in args.worlds.split(",")):
         ranks = run_world(world, args)
-        step_s = max(r["step_without_fit_s"] for r in ranks)  # a step waits for its slowest rank
-        step_cpu_s = statistics.mean(r["step_without_fit_cpu_s"] for r in ranks)
+        steps = ranks[0]["steps"]
+        # a step waits for its slowest rank: per step the slowest rank's wall seconds, the
+        # ranks' mean CPU seconds; then the median over steps
+        step_s = statistics.median(max(r["step_without_fit_s"][i] for r in ranks) for i in range(steps - 1))
+        step_cpu_s = statistics.median(
+            statistics.mean(r["step_without_fit_cpu_s"][i] for r in ranks) for i in range(steps - 1)
+        )
         record = {
             "benchmark": "club_fit",
             "dataset": "default",
             "world_size": world,
             "inner_steps": args.inner_steps,
-            "steps_timed": ranks[0]["steps"],
+            "steps_timed": steps,
             "rows_per_worker_mean": statistics.mean(n for r in ranks for n in r["rows_per_worker"]),
             "step_without_fit_s": round(step_s, 4),
             "step_without_fit_cpu_s": round(step_cpu_s, 4),
             "load_avg_1m": round(os.getloadavg()[0], 1),
         }
-        for name in ranks[0]["fits"]:
-            # per step: the slowest rank's wall time (the others wait for it at the next collective)
-            walls = [max(r["fits"][name][i][0] for r in ranks) for i in range(ranks[0]["steps"])]
-            cpus = [statistics.mean(r["fits"][name][i][1] for r in ranks) for i in range(ranks[0]["steps"])]
-            fit_s = statistics.median(walls)
+        for name, timed in ranks[0]["fits"].items():
+            n = len(timed)
+            fit_s = statistics.median(max(r["fits"][name][i][0] for r in ranks) for i in range(n))
+            fit_cpu = statistics.median(statistics.mean(r["fits"][name][i][1] for r in ranks) for i in range(n))
             record[f"{name}_fit_s"] = round(fit_s, 4)
-            record[f"{name}_fit_cpu_s"] = round(statistics.median(cpus), 4)
+            record[f"{name}_fit_cpu_s"] = round(fit_cpu, 4)
             record[f"{name}_share"] = round(fit_s / (step_s + fit_s), 3)
-            fit_cpu = record[f"{name}_fit_cpu_s"]
             record[f"{name}_share_cpu"] = round(fit_cpu / (step_cpu_s + fit_cpu), 3)
         record["speedup_wall"] = round(record["before_fit_s"] / record["after_fit_s"], 1)
         record["speedup_cpu"] = round(record["before_fit_cpu_s"] / record["after_fit_cpu_s"], 1)

@@ -62,7 +62,8 @@ class _NetFit:
     long dimension as their output's width, about twice as fast as the row-major form for
     these shapes. Q's parameters are views of the fit's flat buffer, in the order
     ``shapes`` gives: ``w1`` [2h, d_x] stacks both heads' input layers (mu rows first),
-    ``b1`` [2h, 1], ``w_mu``/``w_lv`` [d_y, h], ``b_mu``/``b_lv`` [d_y, 1]. Scratch buffers
+    ``b1`` [2h, 1], ``w2`` [2, d_y, h] and ``b2`` [2, d_y, 1] both heads' output layers
+    (mu, then logvar), so each output-layer kernel serves both heads at once. Scratch buffers
     are allocated once per fit and reused within a step: fresh multi-hundred-kB tensors at
     every step cost page faults, and a small working set stays in cache.
 
@@ -77,19 +78,20 @@ class _NetFit:
         mu_in, _, mu_out, _ = _layers(net)
         self.net, self.scale, self.hidden = net, scale, mu_in.out_features
         rows, d_x, d_y, h = x.shape[0], x.shape[1], y.shape[1], self.hidden
+        self.x = x.contiguous()  # [R, d_x]: the input layer's weight gradient
         self.x_t = x.t().contiguous()  # [d_x, R]
         self.y_t = y.t().contiguous()  # [d_y, R]
         self.shapes = {
             "w1": (2 * h, d_x),
             "b1": (2 * h, 1),
-            "w_mu": (d_y, h),
-            "w_lv": (d_y, h),
-            "b_mu": (d_y, 1),
-            "b_lv": (d_y, 1),
+            "w2": (2, d_y, h),
+            "b2": (2, d_y, 1),
         }
         new = lambda *shape: x.new_empty(shape)  # noqa: E731
         self.act, self.g_act, self.relu_on = new(2 * h, rows), new(2 * h, rows), new(2 * h, rows)
-        self.diff, self.sig, self.prec = new(d_y, rows), new(d_y, rows), new(d_y, rows)
+        self.out, self.g_out = new(2, d_y, rows), new(2, d_y, rows)  # (mu, 2z), (dL/dmu, dL/dz)
+        self.w2_scaled, self.b2_scaled, self.g_w2_t = new(2, d_y, h), new(2, d_y, 1), new(2, h, d_y)
+        self.head_scale = x.new_tensor([1.0, 2.0]).view(2, 1, 1)  # the logvar head yields 2z
         self.weights = None if weights is None else weights.reshape(1, rows).to(x)
         self.two = x.new_full((), 2.0) if weights is None else 2.0 * self.weights
         self.log2e = x.new_full((), _LOG2E)
@@ -114,10 +116,10 @@ class _NetFit:
             (lv_in.weight, v["w1"][h:]),
             (mu_in.bias, v["b1"][:h, 0]),
             (lv_in.bias, v["b1"][h:, 0]),
-            (mu_out.weight, v["w_mu"]),
-            (lv_out.weight, v["w_lv"]),
-            (mu_out.bias, v["b_mu"][:, 0]),
-            (lv_out.bias, v["b_lv"][:, 0]),
+            (mu_out.weight, v["w2"][0]),
+            (lv_out.weight, v["w2"][1]),
+            (mu_out.bias, v["b2"][0, :, 0]),
+            (lv_out.bias, v["b2"][1, :, 0]),
         ]
 
     def gradients(self, p: dict[str, torch.Tensor], grad: dict[str, torch.Tensor], want_loss: bool) -> float:
@@ -132,15 +134,20 @@ class _NetFit:
         ``scale`` is applied only to the small weight gradients.
         """
         h, s, w = self.hidden, self.scale, self.weights
-        act, diff, sig, prec = self.act, self.diff, self.sig, self.prec
+        act, out, g_out, g_act = self.act, self.out, self.g_out, self.g_act
+        rows = act.shape[1]
         torch.addmm(p["b1"], p["w1"], self.x_t, out=act).relu_()
-        torch.addmm(p["b_mu"], p["w_mu"], act[:h], out=diff).sub_(self.y_t)  # d = mu - y
-        torch.addmm(p["b_lv"], p["w_lv"], act[h:], beta=2.0, alpha=2.0, out=sig).sigmoid_()  # sg
+        heads = act.view(2, h, rows)  # (mu's hidden units, logvar's)
+        torch.mul(p["w2"], self.head_scale, out=self.w2_scaled)
+        torch.mul(p["b2"], self.head_scale, out=self.b2_scaled)
+        torch.baddbmm(self.b2_scaled, self.w2_scaled, heads, out=out)  # (mu, 2z)
+        diff, sig = out[0].sub_(self.y_t), out[1].sigmoid_()  # d = mu - y, sg
+        g_mu, g_lv = g_out[0], g_out[1]
         # exp(-logvar) = 2^(log2(e) (1 - 2 sg)): exp2 is ~3x cheaper than exp on CPU
-        torch.add(self.log2e, sig, alpha=-2.0 * _LOG2E, out=prec).exp2_()
+        torch.add(self.log2e, sig, alpha=-2.0 * _LOG2E, out=g_mu).exp2_()
         if w is not None:
-            prec.mul_(w)
-        g_mu = prec.mul_(diff)  # dL/dmu / scale = w d exp(-logvar)
+            g_mu.mul_(w)
+        g_mu.mul_(diff)  # dL/dmu / scale = w d exp(-logvar)
         loss = 0.0
         if want_loss:
             logvar = 2.0 * sig - 1.0
@@ -148,17 +155,15 @@ class _NetFit:
                 logvar.mul_(w)
             loss = s * float(0.5 * (diff * g_mu).sum() + 0.5 * logvar.sum())
         # dL/dz / scale = w (1 - d^2 exp(-logvar)) / 2 * 4 sg (1 - sg) = (2w - 2 d dL/dmu) (sg - sg^2)
-        g_lv = torch.addcmul(self.two, diff, g_mu, value=-2.0, out=diff)
+        torch.addcmul(self.two, diff, g_mu, value=-2.0, out=g_lv)
         g_lv.mul_(sig.addcmul_(sig, sig, value=-1.0))
-        grad["w_mu"].addmm_(g_mu, act[:h].t(), beta=0.0, alpha=s)
-        grad["w_lv"].addmm_(g_lv, act[h:].t(), beta=0.0, alpha=s)
-        torch.sum(g_mu, dim=1, keepdim=True, out=grad["b_mu"]).mul_(s)
-        torch.sum(g_lv, dim=1, keepdim=True, out=grad["b_lv"]).mul_(s)
-        g_act = self.g_act
-        torch.mm(p["w_mu"].t(), g_mu, out=g_act[:h])
-        torch.mm(p["w_lv"].t(), g_lv, out=g_act[h:])
+        # [2, h, R] @ [2, R, d_y] runs ~2x faster than the [2, d_y, R] @ [2, R, h] it transposes
+        torch.bmm(heads, g_out.transpose(1, 2), out=self.g_w2_t)
+        torch.mul(self.g_w2_t.transpose(1, 2), s, out=grad["w2"])
+        torch.sum(g_out, dim=2, keepdim=True, out=grad["b2"]).mul_(s)
+        torch.bmm(p["w2"].transpose(1, 2), g_out, out=g_act.view(2, h, rows))
         g_act.mul_(torch.sign(act, out=self.relu_on))  # ReLU's derivative: act >= 0, 0 where off
-        grad["w1"].addmm_(g_act, self.x_t.t(), beta=0.0, alpha=s)
+        grad["w1"].addmm_(g_act, self.x, beta=0.0, alpha=s)
         torch.sum(g_act, dim=1, keepdim=True, out=grad["b1"]).mul_(s)
         return loss
 
