@@ -67,11 +67,16 @@ def emit(record: dict, out) -> None:
 
 
 def git_state() -> dict:
-    """The commit the runs use, and whether tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    """The commit the runs use; whether tracked files differ from it, and a digest of that
+    difference (rows with equal digests ran the same code; others may edit the tree meanwhile)."""
+    import hashlib
 
-    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    diff = git("diff", "HEAD")
+    return {"commit": git("rev-parse", "--short=12", "HEAD").strip(), "dirty": bool(diff),
+            "diff_sha": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None}
 
 
 def dataset(args: argparse.Namespace) -> str:
@@ -166,6 +171,9 @@ def main() -> int:
     ap.add_argument("--parts", default="2,4,8", help="P of the partitioned runs")
     ap.add_argument("--methods", default="random,metis", help="partitioners of the partitioned runs")
     ap.add_argument("--sampled-workers", type=int, default=2)
+    ap.add_argument("--full-seeds", default="",
+                    help="extra full-graph runs with these training seeds (comma list): the reference's own "
+                         "seed-to-seed spread, the yardstick for over_full")
     ap.add_argument("--set", action="append", default=[], help="extra override key=value for every run")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "sea_partition_quality"))
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "partition_quality.jsonl"),
@@ -207,6 +215,8 @@ def main() -> int:
         runs: list[tuple[str, int, str | None, dict]] = []
         if "full_graph" in modes:
             runs.append(("full_graph", 1, None, {"train.full_graph": "true"}))
+            for seed in [int(x) for x in args.full_seeds.split(",") if x]:
+                runs.append(("full_graph", 1, None, {"train.full_graph": "true", "train.seed": seed}))
         if "sampled" in modes:
             runs.append(("sampled", args.sampled_workers, None, {"train.num_workers": args.sampled_workers}))
         if "partitioned" in modes:
@@ -220,7 +230,7 @@ def main() -> int:
         rows = []
         for mode, parts, method, extra in runs:
             settings = {**common, **extra}
-            name = f"{mode}-p{parts}" + (f"-{method}" if method else "")
+            name = f"{mode}-p{parts}" + (f"-{method}" if method else "") + f"-s{settings['train.seed']}"
             prepare_wall = None
             prepare_info = {}
             if mode == "partitioned":  # timed on its own; the train run then reuses this version
@@ -231,13 +241,16 @@ def main() -> int:
                 prepare_info = {"prepare_reused": manifest.get("reused"),
                                 "part_stats": manifest.get("partitions", {}).get("parts"),
                                 "evaluated_valid_users": n_valid_users, "eval_users_disjoint": disjoint}
+            code = git_state()  # per run: the tree may change during a long benchmark
             result = train(settings, logdir, name)
             s = result["summary"]
             best = s["valid"][METRIC]
             row = {
                 **base,
+                **code,
                 "mode": mode,
                 "parts": parts,
+                "seed": int(settings["train.seed"]),
                 "part_method": method,
                 f"best_valid_{METRIC}": best,
                 "best_epoch": s["best_epoch"],
@@ -252,7 +265,7 @@ def main() -> int:
                 "peak_rss_mb_per_worker": s.get("peak_rss_mb_per_worker"),
                 **prepare_info,
             }
-            if mode == "full_graph":
+            if mode == "full_graph" and full is None:
                 full = row
             elif full is not None:
                 row["over_full"] = round(best / full[f"best_valid_{METRIC}"], 4)
@@ -264,6 +277,8 @@ def main() -> int:
             **base, "stage": "summary",
             "full_graph_best_valid": None if full is None else full[f"best_valid_{METRIC}"],
             "min_partitioned_over_full": min((r["over_full"] for r in partitioned), default=None),
+            "full_graph_other_seeds_over_full": [r["over_full"] for r in rows if r["mode"] == "full_graph" and "over_full" in r],
+            "all_same_users": all(r.get("same_users_as_full", True) for r in rows),
             "goal": GOAL,
             "pass": bool(partitioned) and all(r["over_full"] >= GOAL for r in partitioned),
             "total_s": round(time.monotonic() - t0, 1),
