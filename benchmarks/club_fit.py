@@ -10,9 +10,11 @@ timed in the same seconds:
 
 - ``before``: autograd, one gradient all-reduce per inner step, this rank's rows (the path
   before issue 13); with one rank also ``before_2_threads`` (what a one-process run used:
-  torch's default thread count on this machine) on the first ``--two-thread-steps`` steps;
+  torch's default thread count on this machine) and ``after_2_threads`` (the new fit
+  without its scoped single thread) on the first ``--two-thread-steps`` steps;
 - ``after``: :func:`fit_club_step` (rows gathered once, identical rows merged, the fast
-  local fit on one thread).
+  local fit on one thread); with several ranks also ``after_shared`` (``share_rows=True``:
+  each rank fits a share of the merged rows, gradients summed at every inner step).
 
 ``--inner-steps`` (50, the reference's) inner steps each. With ``--trainer``, also a Trainer
 run with the configured fit: summary.json's ``club_fit_s_per_epoch`` over
@@ -70,7 +72,7 @@ def _trainer(cfg_overrides: dict, ctx, output_dir: str):
 def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict:
     import torch
 
-    from sea_dist.model.club_fit import fit_club_reference, intra_op_threads
+    from sea_dist.model.club_fit import fit_club, fit_club_reference, intra_op_threads
     from sea_dist.model.objective import fit_club_step
     from sea_dist.train.distributed import WorkerContext
 
@@ -86,15 +88,20 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
 
     def fit_variants(generic, unique, index):
         """Time each variant on this step's pairs, from the same Q and a fresh Adam."""
-        variants = ["before", "after"]
+        variants = ["before", "after"] + (["after_shared"] if world > 1 else [])
         if world == 1 and index < args.two_thread_steps:
-            variants.append("before_2_threads")
+            variants += ["before_2_threads", "after_2_threads"]
         for name in variants if index % 2 == 0 else variants[::-1]:
             club = copy.deepcopy(club0)
             opt = torch.optim.Adam(club.parameters(), lr=lr)
-            if name == "after":
+            if name == "after_2_threads":  # the fast fit without its scoped single thread
                 def run(club=club, opt=opt):
-                    fit_club_step(club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None)
+                    fit_club(club.fitting_pairs(generic, unique), opt, args.inner_steps, threads=None)
+            elif name.startswith("after"):
+                def run(club=club, opt=opt, share=name == "after_shared"):
+                    fit_club_step(
+                        club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None, share_rows=share
+                    )
             else:
                 pairs = club.fitting_pairs(generic, unique)
                 local = float(pairs[0][1].shape[0])
@@ -105,7 +112,7 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
                         pairs, opt, args.inner_steps, lambda: ctx.average_gradients(club, local, total)
                     )
 
-            with intra_op_threads(2 if name == "before_2_threads" else 1):
+            with intra_op_threads(2 if name.endswith("_2_threads") else 1):
                 fits.setdefault(name, []).append(_timed(run, ctx.barrier))
 
     original = trainer.club.fitting_pairs

@@ -168,9 +168,13 @@ class _NetFit:
         return loss
 
 
-def _net_fits(pairs: list[Pair], row_weights: torch.Tensor | None) -> list[_NetFit]:
+def _net_fits(
+    pairs: list[Pair], row_weights: torch.Tensor | None, rows_in_total: float | None = None
+) -> list[_NetFit]:
     """One :class:`_NetFit` per Q. A Q's pairs are one concatenated batch weighted by their
-    number: the sum of the pairs' means when their row counts are equal, as they are."""
+    number: the sum of the pairs' means when their row counts are equal, as they are.
+    With ``rows_in_total`` (rows shared out over workers) a Q with no rows here stays in:
+    every worker's flat gradient must have the same layout."""
     by_net: dict[int, tuple[GaussianPredictor, list, list]] = {}
     for net, x, y in pairs:
         if row_weights is not None and x.shape[0] != row_weights.shape[0]:
@@ -180,11 +184,15 @@ def _net_fits(pairs: list[Pair], row_weights: torch.Tensor | None) -> list[_NetF
         entry[2].append(y.detach())
     fits = []
     for net, xs, ys in by_net.values():
-        x, y = torch.cat(xs), torch.cat(ys)
-        if not x.shape[0]:
-            continue
+        dtype = net.mu[0].weight.dtype  # Q fits in its own precision (fp32), whatever the views'
+        x, y = torch.cat(xs).to(dtype), torch.cat(ys).to(dtype)
         weights = None if row_weights is None else torch.cat([row_weights] * len(xs))
-        total = x.shape[0] if weights is None else float(weights.sum())
+        if rows_in_total is not None:
+            total = rows_in_total * len(xs)
+        elif not x.shape[0]:
+            continue
+        else:
+            total = x.shape[0] if weights is None else float(weights.sum())
         fits.append(_NetFit(net, x, y, len(xs) / total, weights))
     return fits
 
@@ -217,26 +225,41 @@ def fit_club(
     after_backward: Callable[[], None] | None = None,
     threads: int | None = 1,
     row_weights: torch.Tensor | None = None,
+    rows_in_total: float | None = None,
+    reduce_gradients: Callable[[torch.Tensor], object] | None = None,
 ) -> float:
     """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood of the
     pairs (each pair's loss is a mean over its rows; with ``row_weights``, one weight per row
     shared by every pair, a weighted mean: a row of weight k counts as k equal rows).
 
     The reference shuffles the rows before every step; the loss is a full-batch mean, so
-    the order changes nothing and we skip it. A distributed caller either passes every
-    worker's rows (:func:`sea_dist.model.objective.gather_fitting_pairs`: no collective
-    inside the loop, every worker computes the same fit) or its own rows plus
-    ``after_backward``, called once per step while the parameters' ``.grad`` hold that
-    step's gradients (it may average them in place across workers). ``threads``: intra-op
-    threads for the fit (None = leave as is). Returns the last step's loss.
+    the order changes nothing and we skip it. A distributed caller either
+
+    - passes every worker's rows (:func:`sea_dist.model.objective.gather_fitting_pairs`): no
+      collective inside the loop, every worker computes the same fit; or
+    - passes its share of the rows, ``rows_in_total`` (the summed row weight of one pair over
+      all shares: the means' denominator) and ``reduce_gradients``, called once per step
+      with the flat gradient of every Q, to sum in place over the workers; or
+    - passes its own rows and ``after_backward``, called once per step while the
+      parameters' ``.grad`` hold that step's gradients (it may average them in place).
+
+    ``threads``: intra-op threads for the fit (None = leave as is). Returns the last step's
+    loss (this worker's rows' part of it when the rows are shared out).
     """
     if not pairs or steps <= 0:
         return 0.0
     with intra_op_threads(threads) if threads else contextlib.nullcontext():
-        return _fit(_net_fits(pairs, row_weights), optimizer, steps, after_backward)
+        fits = _net_fits(pairs, row_weights, rows_in_total)
+        return _fit(fits, optimizer, steps, after_backward, reduce_gradients)
 
 
-def _fit(fits: list[_NetFit], optimizer: torch.optim.Optimizer, steps: int, after_backward) -> float:
+def _fit(
+    fits: list[_NetFit],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    after_backward: Callable[[], None] | None,
+    reduce_gradients: Callable[[torch.Tensor], object] | None,
+) -> float:
     if not fits:
         return 0.0
     x0 = fits[0].x_t
@@ -284,6 +307,8 @@ def _fit(fits: list[_NetFit], optimizer: torch.optim.Optimizer, steps: int, afte
         for i in range(steps):
             want_loss = i == steps - 1
             last = sum(f.gradients(p, g, want_loss) for f, p, g in zip(fits, views, grads))
+            if reduce_gradients is not None:
+                reduce_gradients(flat_grad)
             if after_backward is not None:
                 after_backward()
             # torch.optim.Adam's single-tensor update, op for op, over the flat buffer

@@ -74,6 +74,15 @@ class RowGatherer(Protocol):
     def all_gather_rows(self, tensor: torch.Tensor) -> torch.Tensor: ...
 
 
+class Workers(RowGatherer, Protocol):
+    """What :func:`fit_club_step` needs to share the rows out (``WorkerContext`` has it)."""
+
+    rank: int
+    world_size: int
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
 def gather_fitting_pairs(
     pairs: list[Pair], workers: RowGatherer, merge_duplicates: bool = True
 ) -> tuple[list[Pair], torch.Tensor | None]:
@@ -133,24 +142,41 @@ def fit_club_step(
     unique: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     steps: int,
-    workers: RowGatherer | None = None,
+    workers: Workers | None = None,
+    share_rows: bool = False,
 ) -> float:
     """Q's fit for one training step, as the reference does it after the main backward.
 
     With ``workers`` (several data-parallel workers) the step's detached pairs are gathered
-    once (identical rows merged, see :func:`gather_fitting_pairs`) and every worker runs the
-    same fit on all rows locally: the mean over all rows is what per-inner-step gradient
-    averaging computed, replicas stay equal because inputs and initial state are equal, and
-    the step costs one collective instead of one per inner step.
-    Returns the last inner step's loss.
+    once (identical rows merged, see :func:`gather_fitting_pairs`): the mean over all rows
+    is what per-inner-step gradient averaging computed. Then either every worker runs the
+    same fit on all rows locally (the default: one collective per step, replicas equal
+    because inputs and initial state are), or, with ``share_rows``, each worker takes a
+    1/world share of the merged rows and the workers sum their gradients at every inner
+    step (each worker's arithmetic divided by the world size, one small all-reduce per
+    inner step; replicas equal because every worker applies the same summed gradient).
+    Returns the last inner step's loss (with ``share_rows``, this worker's part of it).
     """
     pairs = club.fitting_pairs(generic, unique)
     if steps <= 0:
         return 0.0  # every worker skips alike (steps is configuration), so no collective either
-    weights = None
-    if workers is not None:
-        pairs, weights = gather_fitting_pairs(pairs, workers)
-    return fit_club(pairs, optimizer, steps, row_weights=weights)
+    if workers is None:
+        return fit_club(pairs, optimizer, steps)
+    pairs, weights = gather_fitting_pairs(pairs, workers)
+    if not share_rows or workers.world_size == 1 or not pairs:
+        return fit_club(pairs, optimizer, steps, row_weights=weights)
+    rows = pairs[0][1].shape[0]
+    total = float(rows if weights is None else weights.sum())
+    lo, hi = rows * workers.rank // workers.world_size, rows * (workers.rank + 1) // workers.world_size
+    mine = [(net, x[lo:hi], y[lo:hi]) for net, x, y in pairs]
+    return fit_club(
+        mine,
+        optimizer,
+        steps,
+        row_weights=None if weights is None else weights[lo:hi],
+        rows_in_total=total,
+        reduce_gradients=workers.all_reduce_sum,
+    )
 
 
 @dataclass

@@ -100,6 +100,19 @@ def test_fast_fit_equals_autograd_fit_and_continues_its_adam_state(mode):
     assert float(reloaded.state[next(fast.parameters())]["step"]) == 100
 
 
+def test_low_precision_views_are_fitted_in_q_precision():
+    """Views from a bf16 forward: Q (fp32) fits on them cast to fp32, as autograd would."""
+    generic, unique = _views(MODES["as_published"], 20, seed=4)
+    low = ({m: t.bfloat16() for m, t in generic.items()}, {m: t.bfloat16() for m, t in unique.items()})
+    fast, fast_opt = _club("as_published")
+    fit_club(fast.fitting_pairs(*low), fast_opt, 5)
+    ref, ref_opt = _club("as_published")
+    cast = tuple({m: t.float() for m, t in d.items()} for d in low)
+    fit_club_reference(ref.fitting_pairs(*cast), ref_opt, 5)
+    assert all(p.dtype == torch.float32 for p in fast.parameters())
+    assert _max_diff(_state(fast, fast_opt), _state(ref, ref_opt)) < TOL
+
+
 def test_hook_sees_each_steps_gradients():
     """``after_backward`` sees autograd's gradients in ``.grad`` and may rewrite them in
     place (how per-inner-step averaging plugs in); here it doubles them."""
@@ -198,8 +211,9 @@ def _rank_views(mode: str, rank: int):
 
 
 def _fit_on_workers(rank, world):
-    """Each rank fits on its own rows, (a) as today: autograd, gradients averaged over workers
-    by row count at every inner step; (b) gathered once, then the fast fit on all rows."""
+    """Each rank fits on its own rows, (a) as before issue 13: autograd, gradients averaged
+    over workers by row count at every inner step; (b) gathered once, then the fast fit on
+    all rows; (c) gathered once, each rank fitting a share, gradients summed per step."""
     ctx = WorkerContext.from_process_group() if world > 1 else WorkerContext()
     with intra_op_threads(1):
         return _fit_both_ways(rank, ctx)
@@ -216,7 +230,9 @@ def _fit_both_ways(rank, ctx):
         fit_club_reference(pairs, ref_opt, 50, lambda: ctx.average_gradients(ref, local, total))
         fast, fast_opt = _club(mode)
         fit_club_step(fast, generic, unique, fast_opt, 50, ctx)
-        out[mode] = (_state(ref, ref_opt), _state(fast, fast_opt))
+        shared, shared_opt = _club(mode)
+        fit_club_step(shared, generic, unique, shared_opt, 50, ctx, share_rows=True)
+        out[mode] = (_state(ref, ref_opt), _state(fast, fast_opt), _state(shared, shared_opt))
     _, weights = gather_fitting_pairs(pairs, ctx)
     out["merged_rows"] = None if weights is None else (weights.shape[0], float(weights.sum()))
     return out
@@ -239,11 +255,13 @@ def test_gathered_fit_equals_per_step_averaging_and_one_process_fit(world):
     assert results[0]["merged_rows"] == (None if world == 1 else (11 + own, 11.0 * world + own))
     for mode in MODES:
         whole = _one_process(mode, world)
-        fast0 = results[0][mode][1]
-        for per_step_avg, fast in (r[mode] for r in results):
+        fast0, shared0 = results[0][mode][1], results[0][mode][2]
+        for per_step_avg, fast, shared in (r[mode] for r in results):
             assert all(torch.equal(fast[k], fast0[k]) for k in fast)  # replicas stay identical
+            assert all(torch.equal(shared[k], shared0[k]) for k in shared)
             assert _max_diff(fast, per_step_avg) < TOL
             assert _max_diff(fast, whole) < TOL
+            assert _max_diff(shared, whole) < TOL
             assert _max_diff(per_step_avg, whole) < TOL
         moved = {k[len("param."):]: v for k, v in fast0.items() if k.startswith("param.")}
         assert _max_diff(moved, _params(_club(mode)[0])) > 1e-3  # the fits moved Q
