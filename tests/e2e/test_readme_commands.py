@@ -369,6 +369,7 @@ def test_metrics_example(checkout):
     script = (f"{start}\njob=$!\ntrap 'kill $job 2>/dev/null; wait $job' EXIT\n"
               f"for i in $(seq 600); do\n"
               f"  out=$({curl}) && case \"$out\" in *'sea_dist_train_edges_total{{'*) echo \"$out\"; exit 0;; esac\n"
+              f"  kill -0 $job 2>/dev/null || exit 1  # the job ended without serving a sample\n"
               f"  sleep 1\ndone\nexit 1\n")
     result = bash(script, checkout, _env(), timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
