@@ -250,7 +250,9 @@ def fit_club(
     """
     if not pairs or steps <= 0:
         return 0.0
-    with intra_op_threads(threads) if threads else contextlib.nullcontext():
+    device = pairs[0][1].device.type
+    # Q fits in fp32 even when called inside a mixed-precision (autocast) region
+    with intra_op_threads(threads) if threads else contextlib.nullcontext(), torch.autocast(device, enabled=False):
         fits = _net_fits(pairs, row_weights, rows_in_total)
         return _fit(fits, optimizer, steps, after_backward, reduce_gradients)
 
