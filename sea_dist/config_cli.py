@@ -312,7 +312,6 @@ def validate_config(cfg: Config) -> None:
         "train.cpus_per_worker": t.cpus_per_worker,
         "train.batch_size": t.batch_size,
         "train.epochs": t.epochs,
-        "train.patience": t.patience,
         "train.checkpoint_every_epochs": t.checkpoint_every_epochs,
         "eval.user_batch_size": e.user_batch_size,
     }
@@ -322,6 +321,7 @@ def validate_config(cfg: Config) -> None:
         "model.n_mm_layers": m.n_mm_layers,
         "model.club_inner_steps": m.club_inner_steps,
         "train.max_steps_per_epoch": t.max_steps_per_epoch,
+        "train.patience": t.patience,  # MMRec's stopping_step: 0 stops at the first non-improving epoch
     }
     for key, value in non_negative.items():
         need(is_int(value) and value >= 0, f"{key} must be an integer >= 0, got {value!r}")

@@ -117,3 +117,12 @@ def test_trainer_fit_follows_mmrecs_rule(tmp_path):
     # the stop comes when the counter exceeds the patience: epoch 3, after 4 epochs (a
     # `counter >= patience` rule stops after 3)
     assert _scripted_fit(trainer, [0.1, 0.09, 0.08, 0.07, 0.06], patience=2) == (0, 4)
+
+
+def test_patience_zero_is_a_valid_stopping_step_and_negative_is_not():
+    from sea_dist.config import Config
+    from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+
+    validate_config(apply_overrides(Config(), {"train.patience": 0}))  # stop at the first non-improving epoch
+    with pytest.raises(ConfigError, match="train.patience"):
+        validate_config(apply_overrides(Config(), {"train.patience": -1}))
