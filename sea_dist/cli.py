@@ -80,7 +80,7 @@ def prepare(argv: list[str] | None = None, prog: str = "sea-dist prepare") -> in
     cfg, _ = parse_args(argv, prog=prog, description=PREPARE_DESCRIPTION)
     configure_logging()
     from sea_dist.prepare.job import run_prepare
-    from sea_dist.train.launcher import resolve_paths
+    from sea_dist.train.preflight import resolve_paths
 
     try:
         prepared = run_prepare(resolve_paths(cfg))

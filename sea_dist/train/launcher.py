@@ -1,12 +1,12 @@
 """Starts a run: one local process (full-graph mode) or a Ray Train ``TorchTrainer``.
 
 The driver resolves what every worker must agree on before any starts — the dataset root,
-the run name — and afterwards reads ``summary.json`` back to print the result table.
-Ray-specific code lives here and nowhere else in the training path.
+the run name, the checks of :mod:`sea_dist.train.preflight` — and afterwards reads
+``summary.json`` back to print the result table. Ray-specific code lives here and in
+:mod:`sea_dist.train.ray_policy`, nowhere else in the training path.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,9 +20,9 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
-from sea_dist.data.dataset import DatasetError, DatasetMeta, load_meta, make_filesystem
+from sea_dist.data.dataset import load_meta, make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
-from sea_dist.ops.publish import Publisher, PublishError, config_fingerprint
+from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.ops.retry import configure_storage, with_retries
 from sea_dist.ops.metrics import (
     MetricsIdentity,
@@ -32,6 +32,21 @@ from sea_dist.ops.metrics import (
     worker_port,
 )
 from sea_dist.train.checkpoint import load_checkpoint, load_sharded_checkpoint
+from sea_dist.train.preflight import (  # noqa: F401 - re-exported for callers of the launcher
+    USER_ERRORS,
+    check_output_dataset,
+    check_warm_start,
+    resolve_paths,
+    user_error_in,
+)
+from sea_dist.train.ray_policy import (
+    RAY_LOCAL_ENV,
+    RAY_QUIET_ENV,
+    WORKER_ENV,
+    quiet_worker_logs,
+    set_default_env,
+    user_errors_are_final,
+)
 from sea_dist.train.distributed import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -39,32 +54,6 @@ log = logging.getLogger(__name__)
 RUN_RECORD = "run.json"
 EPOCH_END_STEP = 99_999_999
 LOCAL_NODE_IP = "127.0.0.2"  # loopback (127.0.0.0/8) that Ray does not rewrite  # sorts an epoch-end checkpoint after that epoch's step ones
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute against this process's working directory; URIs unchanged."""
-    if not path or "://" in path:
-        return path
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def resolve_paths(cfg: Config) -> Config:
-    """Every local path of ``cfg`` made absolute against the submitter's working directory.
-
-    Ray workers run in their own working directory (a per-run folder, or another node), so a
-    relative ``data.root=data/ml-100k`` would name a different place there. URIs (``s3://``,
-    ``file://``) and ``train.warm_start=latest`` are left as they are.
-    """
-    data = replace(cfg.data, root=_absolute(cfg.data.root), prepared=_absolute(cfg.data.prepared))
-    warm_start = cfg.train.warm_start
-    train = replace(
-        cfg.train,
-        storage_path=_absolute(cfg.train.storage_path),
-        warm_start=warm_start if warm_start == "latest" else _absolute(warm_start),
-    )
-    output = replace(cfg.output, output_dir=_absolute(cfg.output.output_dir))
-    prepare = replace(cfg.prepare, work_dir=_absolute(cfg.prepare.work_dir))
-    return replace(cfg, data=data, train=train, output=output, prepare=prepare)
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -125,40 +114,6 @@ def already_published(cfg: Config, dataset_version: str) -> dict | None:
     ):
         return manifest
     return None
-
-
-def check_output_dataset(cfg: Config, meta: DatasetMeta) -> None:
-    """Refuse to publish one dataset's model over another dataset's (``output.republish``
-    consents). A new version of the same dataset (tonight's data) is what a model location is
-    for; a different dataset there would silently replace the model its readers expect."""
-    if cfg.output.republish:
-        return
-    publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
-    manifest = publisher.read_manifest()
-    if manifest is None:
-        return
-    try:
-        published = publisher.read_published_json("summary.json").get("dataset") or {}
-    except PublishError:  # a manifest without a summary: nothing to compare against
-        return
-    name = published.get("name")
-    if name and name != meta.name:
-        raise ConfigError(
-            f"{cfg.output.output_dir} holds the published model of dataset {name!r} (run "
-            f"{manifest.get('run_id')}); this run trains dataset {meta.name!r} and would replace it. "
-            "Choose another --output-dir, or set output.republish=true to replace that model"
-        )
-
-
-def check_warm_start(cfg: Config) -> None:
-    """An explicit warm-start source must hold a published model (``latest`` may be empty:
-    the first night of a deployment trains from scratch)."""
-    source = cfg.train.warm_start
-    if not source or source == "latest" or cfg.train.resume:
-        return
-    manifest = Publisher(source, cfg.data.s3_endpoint_url).read_manifest()
-    if manifest is None:
-        raise ConfigError(f"--warm-start {source}: nothing published there (no MANIFEST.json)")
 
 
 def run(cfg: Config) -> dict:
@@ -293,7 +248,7 @@ def ray_train_worker(loop_config: dict) -> None:
     cfg = apply_overrides(Config(), loop_config["config"])
     trainer_class = _trainer_class(cfg)
     dataset_version = loop_config["dataset_version"]
-    _quiet_ray_report_logs()
+    quiet_worker_logs()
     # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
     torch.set_num_threads(max(int(cfg.train.cpus_per_worker), 1))
     context = ray.train.get_context()
@@ -345,19 +300,6 @@ def _trainer_class(cfg: Config):
     from sea_dist.train.loop import Trainer
 
     return Trainer
-
-
-def _quiet_ray_report_logs() -> None:
-    """Ray Train logs every report's full metrics dict at INFO, drowning our epoch lines; the
-    S3 client announces where it found credentials, once per worker."""
-    for name in ("botocore", "aiobotocore", "s3fs"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        from ray.train.v2._internal.execution import context as ray_train_context
-
-        ray_train_context.logger.setLevel(logging.WARNING)
-    except (ImportError, AttributeError):  # a Ray version without that module: keep its logs
-        pass
 
 
 def _flat_metrics(metrics: dict, prefix: str = "") -> dict:
@@ -429,39 +371,10 @@ def _directory_size(checkpoint) -> int:
         return 0
 
 
-#: Ray settings (environment, read by Ray in the driver and passed on to the Train controller
-#: and workers) that keep a run's console to our own lines; a value the user set wins.
-RAY_QUIET_ENV = {
-    # Ray Train V2 tees every print() of a worker into the root logger as well, so each epoch
-    # line would reach the console twice.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
-#: Set in every training worker, wherever it runs.
-WORKER_ENV = {
-    # DGL picks its backend from this, or else prints that none was selected and writes
-    # ~/.dgl/config.json (two lines on stderr, per process, on a fresh machine).
-    "DGLBACKEND": "pytorch",
-}
-#: Only for a Ray instance this process starts on its own machine.
-RAY_LOCAL_ENV = {
-    # Token authentication, as Ray's default for a new local instance, but chosen explicitly:
-    # Ray then skips its warning about having chosen it.
-    "RAY_AUTH_MODE": "token",
-    # Node preemption cannot happen on one's own machine; the watcher actor only adds an
-    # error-level line from Ray's core at start-up. Clusters keep it (spot nodes, KubeRay).
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-}
-
-
-def _set_default_env(values: dict[str, str]) -> None:
-    for key, value in values.items():
-        os.environ.setdefault(key, value)
-
-
 def run_ray(cfg: Config, dataset_version: str = "") -> None:
-    _set_default_env(RAY_QUIET_ENV)
+    set_default_env(RAY_QUIET_ENV)
     if not os.environ.get("RAY_ADDRESS"):
-        _set_default_env(RAY_LOCAL_ENV)
+        set_default_env(RAY_LOCAL_ENV)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -518,7 +431,7 @@ def run_ray(cfg: Config, dataset_version: str = "") -> None:
         ),
     )
     try:
-        with _user_errors_are_final():
+        with user_errors_are_final():
             trainer.fit()
     except Exception as error:  # Ray wraps worker errors; surface a user error as itself
         cause = user_error_in(error)
@@ -538,70 +451,3 @@ def _as_ray_callback(callback: DriverMetricsCallback):
             self.inner.after_report(run_context, metrics, checkpoint)
 
     return _Callback(callback)
-
-
-#: Errors a restart cannot fix: the data or the configuration is wrong on every attempt.
-USER_ERRORS = (DatasetError, ConfigError)
-
-
-def user_error_in(error: BaseException) -> DatasetError | ConfigError | None:
-    """The data or configuration error behind a Ray Train failure, if that is what stopped a
-    worker (found through causes, Ray's per-worker failures and its traceback wrappers)."""
-    pending, seen = [error], set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, USER_ERRORS):
-            return current
-        pending.extend([current.__cause__, current.__context__, getattr(current, "_base_exc", None)])
-        pending.extend(getattr(current, "worker_failures", {}).values())
-        text = str(current)
-        for kind in USER_ERRORS:
-            marker = f"{kind.__name__}:"
-            lines = [line for line in text.splitlines() if marker in line]
-            if lines:
-                return kind(lines[-1].split(marker, 1)[1].strip())
-    return None
-
-
-class _UserErrorsAreFinal:
-    """Ray Train failure policy: ``train.max_failures`` is spent on worker failures only.
-
-    A worker stopped by a data or configuration error fails the run at once (a restart would
-    meet the same error); anything else goes to Ray's own policy. Built lazily so that Ray is
-    imported only where it runs."""
-
-    def __new__(cls, inner):
-        from ray.train.v2._internal.execution.failure_handling import FailureDecision, FailurePolicy
-
-        class Policy(FailurePolicy):
-            def __init__(self, inner_policy):
-                super().__init__(inner_policy.failure_config)
-                self.inner = inner_policy
-
-            def make_decision(self, training_failed_error):
-                if user_error_in(training_failed_error) is not None:
-                    return FailureDecision.RAISE
-                return self.inner.make_decision(training_failed_error)
-
-        return Policy(inner)
-
-
-@contextlib.contextmanager
-def _user_errors_are_final():
-    """Wraps Ray Train's failure policy for one ``fit`` (Ray has no public switch for this;
-    on a Ray without the hook, every failure counts against max_failures, as before)."""
-    try:
-        from ray.train.v2.api import data_parallel_trainer as module
-
-        original = module.create_failure_policy
-    except (ImportError, AttributeError):
-        yield
-        return
-    module.create_failure_policy = lambda failure_config: _UserErrorsAreFinal(original(failure_config))
-    try:
-        yield
-    finally:
-        module.create_failure_policy = original

@@ -1,4 +1,5 @@
-"""What the launcher settles in the driver before any worker starts (sea_dist.train.launcher):
+"""What the launcher settles in the driver before any worker starts (sea_dist.train.preflight,
+sea_dist.train.ray_policy):
 relative paths, the warm-start source, which dataset an output directory publishes, and which
 failures Ray may retry."""
 from __future__ import annotations
@@ -12,13 +13,8 @@ from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides
 from sea_dist.data.dataset import DatasetError, DatasetMeta
 from sea_dist.ops.publish import Publisher
-from sea_dist.train.launcher import (
-    check_output_dataset,
-    check_warm_start,
-    resolve_config,
-    resolve_paths,
-    user_error_in,
-)
+from sea_dist.train.launcher import resolve_config
+from sea_dist.train.preflight import check_output_dataset, check_warm_start, resolve_paths, user_error_in
 
 
 def _cfg(*overrides: str) -> Config:
@@ -119,9 +115,9 @@ def test_failure_policy_retries_worker_failures_only():
     from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from sea_dist.train.launcher import _UserErrorsAreFinal
+    from sea_dist.train.ray_policy import UserErrorsAreFinal
 
-    policy = _UserErrorsAreFinal(DefaultFailurePolicy(FailureConfig(max_failures=2)))
+    policy = UserErrorsAreFinal(DefaultFailurePolicy(FailureConfig(max_failures=2)))
     crash = WorkerGroupError("x", {0: RuntimeError("worker died")})
     bad_data = WorkerGroupError("x", {0: UserExceptionWithTraceback(DatasetError("NaN"), "tb")})
     assert policy.make_decision(bad_data) == FailureDecision.RAISE  # first failure, no retry
@@ -132,9 +128,9 @@ def test_failure_policy_retries_worker_failures_only():
 def test_the_policy_is_installed_only_for_one_fit():
     from ray.train.v2.api import data_parallel_trainer as module
 
-    from sea_dist.train.launcher import _user_errors_are_final
+    from sea_dist.train.ray_policy import user_errors_are_final
 
     original = module.create_failure_policy
-    with _user_errors_are_final():
+    with user_errors_are_final():
         assert module.create_failure_policy is not original
     assert module.create_failure_policy is original
