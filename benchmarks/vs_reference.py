@@ -831,7 +831,10 @@ def render_table(rows: list[dict]) -> str:
         "Train s/epoch excludes evaluation. The authors' evaluation ranks with the representations of the "
         "epoch's last training forward (one optimizer step stale); ours with those after the last step. "
         "Seconds to the authors' best: training plus evaluation from the first epoch until validation "
-        "Recall@20 (4 decimals) first reaches the authors' best of that run.",
+        "Recall@20 (4 decimals) first reaches the authors' best of that run. Torch threads: those of the "
+        "one-process runs (`--threads`; sampled workers have 1 each). Under load, 2 threads cost the authors' "
+        "code far more than 1 (its 50-step CLUB fit is hundreds of tiny kernels, each paying thread wake-ups), "
+        "so tables with different thread settings do not compare.",
         "",
     ]
     for comp, runs in reversed(groups):
