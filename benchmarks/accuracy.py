@@ -117,8 +117,15 @@ def main() -> None:
     delta = statistics.fmean(full) - statistics.fmean(ablated)
     lines += ["", f"Auxiliary losses (separation + alignment) change test Recall@20 by {delta:+.4f} "
               f"({delta / statistics.fmean(ablated):+.1%}) in full-graph mode on this data.", ""]
+    # keep the sections other benchmarks generate into the same file (vs_reference.py's table)
+    kept = ""
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = f.read()
+        marker = old.find("<!-- vs_reference:start")
+        kept = old[marker:] if marker >= 0 else ""
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
     emit({"benchmark": "accuracy", "written": args.out})
 
 
