@@ -16,9 +16,10 @@ timed in the same seconds:
   local fit on one thread); with several ranks also ``after_shared`` (``share_rows=True``:
   each rank fits a share of the merged rows, gradients summed at every inner step).
 
-``--inner-steps`` (50, the reference's) inner steps each. With ``--trainer``, also a Trainer
-run with the configured fit: summary.json's ``club_fit_s_per_epoch`` over
-``train_s_per_epoch`` (whatever loop.py calls now).
+``--inner-steps`` (50, the reference's) inner steps each. With ``--trainer``, also two
+Trainer runs, ``trainer_before`` (loop.py's ``fit_club_step`` swapped for the pre-issue-13 fit)
+and ``trainer_after`` (the fit loop.py calls): summary.json's ``club_fit_s_per_epoch`` over
+``train_s_per_epoch``.
 
 Shares are fit / (step without fit + fit), in wall seconds (``*_share``; a step waits for
 its slowest rank) and in the process's CPU seconds (``*_share_cpu``: what a quiet machine
@@ -27,6 +28,7 @@ seconds: compare the ratios of one run (both paths are timed in the same minute,
 interleaved).
 
     python benchmarks/club_fit.py [--worlds 1,2] [--steps 8] [--inner-steps 50] [--trainer]
+    python benchmarks/club_fit.py --worlds 1 --full-graph [--trainer]
 """
 from __future__ import annotations
 
@@ -76,9 +78,16 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
     from sea_dist.model.objective import fit_club_step
     from sea_dist.train.distributed import WorkerContext
 
-    torch.set_num_threads(1)
+    if args.full_graph:
+        torch.set_num_threads(os.cpu_count() or 1)  # a one-process run keeps torch's default
+    else:
+        torch.set_num_threads(1)
     ctx = WorkerContext.from_process_group()
-    common = {"train.max_steps_per_epoch": args.steps, "train.progress_every_s": 0}
+    common = {
+        "train.max_steps_per_epoch": args.steps,
+        "train.progress_every_s": 0,
+        "train.full_graph": args.full_graph,
+    }
     trainer = _trainer({**common, "model.club_inner_steps": 0}, ctx, os.path.join(out_dir, f"nofit{rank}"))
     club0 = copy.deepcopy(trainer.club)  # Q as the run starts: every timed fit starts here
     lr = trainer.cfg.train.lr
@@ -142,12 +151,35 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
         "fits": fits,
     }
     if args.trainer:
-        configured = _trainer(common, ctx, os.path.join(out_dir, f"fit{rank}")).fit()["throughput"]
-        result["trainer"] = {
-            "club_fit_s_per_step": configured["club_fit_s_per_epoch"] / len(rows),
-            "train_s_per_step": configured["train_s_per_epoch"] / len(rows),
-        }
+        import sea_dist.train.loop as loop
+
+        configured = loop.fit_club_step
+        result["trainer"] = {}
+        for name in ("before", "after"):  # the loop's own fit, then the pre-issue-13 one
+            loop.fit_club_step = configured if name == "after" else _fit_club_step_before
+            try:
+                t = _trainer(common, ctx, os.path.join(out_dir, f"{name}{rank}")).fit()["throughput"]
+            finally:
+                loop.fit_club_step = configured
+            result["trainer"][name] = (t["club_fit_s_per_epoch"], t["train_s_per_epoch"])
     return result
+
+
+def _fit_club_step_before(club, generic, unique, optimizer, steps, workers=None, **_):
+    """The training step's Q fit before issue 13: autograd on this worker's rows, gradients
+    averaged over workers by row count at every inner step."""
+    import torch
+
+    from sea_dist.model.club_fit import fit_club_reference
+
+    pairs = club.fitting_pairs(generic, unique)
+    if steps <= 0:
+        return 0.0
+    if workers is None:
+        return fit_club_reference(pairs, optimizer, steps)
+    local = float(pairs[0][1].shape[0])
+    total = float(workers.all_reduce_sum(torch.tensor([local], dtype=torch.float64)))
+    return fit_club_reference(pairs, optimizer, steps, lambda: workers.average_gradients(club, local, total))
 
 
 def _entry(rank, world, init_file, out_dir, args):
@@ -185,8 +217,15 @@ def main() -> None:
         "--two-thread-steps", type=int, default=2,
         help="with one rank, steps on which the old fit is also timed at 2 threads (slow under load)",
     )
+    p.add_argument(
+        "--full-graph", action="store_true",
+        help="the full-graph mode instead (one process, torch's default threads; use --worlds 1)",
+    )
     args = p.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.full_graph and args.worlds != "1":
+        p.error("--full-graph runs in one process: --worlds 1")
+    if not args.full_graph:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     for world in (int(w) for w in args.worlds.split(",")):
         ranks = run_world(world, args)
         steps = ranks[0]["steps"]
@@ -199,6 +238,7 @@ def main() -> None:
         record = {
             "benchmark": "club_fit",
             "dataset": "default",
+            "mode": "full_graph" if args.full_graph else "sampled",
             "world_size": world,
             "inner_steps": args.inner_steps,
             "steps_timed": steps,
@@ -217,12 +257,12 @@ def main() -> None:
             record[f"{name}_share_cpu"] = round(fit_cpu / (step_cpu_s + fit_cpu), 3)
         record["speedup_wall"] = round(record["before_fit_s"] / record["after_fit_s"], 1)
         record["speedup_cpu"] = round(record["before_fit_cpu_s"] / record["after_fit_cpu_s"], 1)
-        if "trainer" in ranks[0]:
-            fit = max(r["trainer"]["club_fit_s_per_step"] for r in ranks)
-            train = max(r["trainer"]["train_s_per_step"] for r in ranks)
-            record["trainer_club_fit_s_per_step"] = round(fit, 4)
-            record["trainer_train_s_per_step"] = round(train, 4)
-            record["trainer_share"] = round(fit / train, 3)
+        for name in ranks[0].get("trainer", {}):
+            fit = max(r["trainer"][name][0] for r in ranks) / steps
+            train = max(r["trainer"][name][1] for r in ranks) / steps
+            record[f"trainer_{name}_club_fit_s_per_step"] = round(fit, 4)
+            record[f"trainer_{name}_train_s_per_step"] = round(train, 4)
+            record[f"trainer_{name}_share"] = round(fit / train, 3)
         emit(record)
 
 
