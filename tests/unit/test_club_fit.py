@@ -1,6 +1,5 @@
 """Q's fit (issue 13): the fast, gathered fit equals the plain autograd fit, per-inner-step
 gradient averaging across workers, and a one-process fit over the whole batch."""
-import copy
 
 import pytest
 import torch
