@@ -63,8 +63,9 @@ TRAIN_DEFAULTS = {  # as benchmarks/scale.py: a step stays affordable at catalog
     "eval.max_users": 0,  # every user with a held-out item, every run
 }
 DEFAULT_VARIANTS = "reference:none:0,sqrt:sqrt:0.05,linear:linear:0.05"  # warm-up: 5% of epoch 1, >= 2 steps
-#: lines of a failed run's log that say it was killed for the machine's memory, not by a bug
-TRANSIENT = ("running low on memory", "OutOfMemoryError", "Killed")
+#: lines of a failed run's log that say the shared machine failed it (memory, a Ray start-up
+#: timeout under load), not a bug
+TRANSIENT = ("running low on memory", "OutOfMemoryError", "Killed", "timed out during startup")
 
 
 def emit(record: dict, out) -> None:
@@ -122,8 +123,9 @@ def parse_variants(text: str) -> list[tuple[str, str, float]]:
 
 
 def train(settings: dict, logdir: str, name: str, retries: int) -> dict:
-    """One run in its own process; its summary, per-epoch records and wall time. A run killed for
-    the machine's memory (Ray's monitor, on a machine shared with other work) is retried."""
+    """One run in its own process; its summary, per-epoch records and wall time. A run the
+    machine failed (killed by Ray's memory monitor, Ray not starting in time on a machine shared
+    with other work) is retried."""
     for attempt in range(retries + 1):
         outdir = tempfile.mkdtemp(prefix=f"lr_{name}_", dir=logdir)
         cmd = [sys.executable, "jobs/train.py"] + [f"{k}={v}" for k, v in
@@ -141,7 +143,7 @@ def train(settings: dict, logdir: str, name: str, retries: int) -> dict:
         shutil.rmtree(outdir, ignore_errors=True)
         if attempt == retries or not any(t in text for t in TRANSIENT):
             raise RuntimeError(f"{name} failed ({proc.returncode}), log {log_path}:\n{text[-4000:]}")
-        print(f"[retry] {name}: killed for memory, attempt {attempt + 2}", file=sys.stderr, flush=True)
+        print(f"[retry] {name}: failed by the machine, attempt {attempt + 2}", file=sys.stderr, flush=True)
     with open(os.path.join(outdir, "MANIFEST.json")) as f:
         prefix = json.load(f)["prefix"]
     with open(os.path.join(outdir, prefix, "summary.json")) as f:
@@ -180,7 +182,7 @@ def main() -> int:
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="name:lr_scaling:warmup_frac_of_epoch1, ...")
     ap.add_argument("--lr", type=float, default=Config().train.lr, help="the reference lr")
     ap.add_argument("--set", action="append", default=[], help="extra override key=value for every run")
-    ap.add_argument("--retries", type=int, default=1, help="reruns of a run killed for memory")
+    ap.add_argument("--retries", type=int, default=1, help="reruns of a run the machine failed (memory, Ray start-up)")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "sea_lr_recipe"))
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "lr_recipe.jsonl"),
                     help="JSON lines file the rows are written to ('' = stdout only)")
