@@ -119,9 +119,10 @@ class TrainConfig:
     lr: float = _opt(1e-4, "Adam learning rate (dense parameters, user tables and Q)")
     batch_size: int = _opt(2048, "global batch of (user, pos, neg) triples, split over workers")
     lr_scaling: str = _opt(
-        "none",
-        "large-batch recipe: scale lr with the global batch over lr_reference_batch, 'sqrt' or "
-        "'linear' ('none' = lr as given, the reference protocol; never scaled down)",
+        "linear",
+        "large-batch recipe: scale lr with the global batch over lr_reference_batch, 'linear' "
+        "(measured best at 16k-262k global batches, docs/scaling.md), 'sqrt', or 'none' (lr as "
+        "given). Never scaled down: at the reference batch every choice is the reference lr",
     )
     lr_reference_batch: int = _opt(2048, "the global batch the configured lr was tuned at")
     warmup_steps: int = _opt(

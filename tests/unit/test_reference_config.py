@@ -13,6 +13,7 @@ def test_reference_config_is_the_authors_protocol():
     t, m, g, e = cfg.train, cfg.model, cfg.graph, cfg.eval
     assert t.full_graph and not t.partitioned  # the authors propagate over the whole graph
     assert (t.epochs, t.patience, t.lr, t.batch_size, t.seed) == (1000, 20, 1e-4, 2048, 999)
+    assert (t.lr_scaling, t.warmup_steps) == ("none", 0)  # the authors' constant lr
     assert t.negative_items == "train_items"  # MMRec's negatives
     assert (m.embedding_dim, m.n_mm_layers, m.n_ui_layers, m.temp) == (64, 1, 2, 0.2)
     assert (m.alpha_contrast, m.ureg, m.club_fit, m.club_inner_steps) == (0.012, 0.006, "as_published", 50)
