@@ -33,18 +33,13 @@ _SHARED_LOCK = threading.Lock()
 class InputThread:
     """The one thread a trainer prepares (samples, fetches) every step's inputs on.
 
-    It runs with the creating thread's intra-op thread count: OpenMP's thread count is per
-    thread, and DGL draws reproducible samples only with one OpenMP thread (see above).
+    Each task runs with the submitting thread's intra-op thread count: OpenMP's thread count
+    is per thread, and DGL draws reproducible samples only with one OpenMP thread (see above).
     """
 
     def __init__(self) -> None:
-        threads = torch.get_num_threads()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="sea-dist-input",
-            initializer=torch.set_num_threads,
-            initargs=(threads,),
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sea-dist-input")
+        self._threads = 0  # the OpenMP thread count last set on the input thread
 
     @classmethod
     def shared(cls) -> "InputThread":
@@ -59,7 +54,15 @@ class InputThread:
             return _SHARED
 
     def submit(self, fn: Callable[[], T]) -> "Future[T]":
-        return self._executor.submit(fn)
+        threads = torch.get_num_threads()
+
+        def run() -> T:
+            if self._threads != threads:  # only the input thread reads or writes this
+                torch.set_num_threads(threads)
+                self._threads = threads
+            return fn()
+
+        return self._executor.submit(run)
 
     def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` on the input thread, waited for (setup work that seeds or samples)."""
