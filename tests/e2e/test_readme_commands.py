@@ -342,7 +342,9 @@ def test_s3_example(checkout, s3_on_9000):
 @pytest.mark.slow
 def test_local_cluster_example(tmp_path):
     """The four lines of the local-cluster example as one shell session, in the repository (the
-    job uploads it with --working-dir .)."""
+    job uploads it with --working-dir .): `ray job submit` to a head on loopback that
+    cluster/local_cluster.sh started, the job's table reaching the submitter, and the training
+    it ran (2 workers, the smoke config's 2 epochs)."""
     if shutil.which("setsid") is None:
         pytest.skip("needs setsid")
     if not (_port_free(26379) and _port_free(28265)):
@@ -354,7 +356,8 @@ def test_local_cluster_example(tmp_path):
     script = f"set -e\n{up}\n{source}\ntrap 'cluster/local_cluster.sh down' EXIT\n{submit}\ntrap - EXIT\n{down}\n"
     log = _ok(bash(script, REPO, env), script)
     assert "succeeded" in log.lower() and "Recall@20" in log
-    assert _summary(Path("/tmp/sea-job"))["world_size"] == 2
+    summary = _summary(Path("/tmp/sea-job"))
+    assert summary["mode"] == "sampled" and summary["world_size"] == 2 and summary["epochs_run"] == 2
     shutil.rmtree("/tmp/sea-job", ignore_errors=True)
 
 
