@@ -76,7 +76,7 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
 
     from sea_dist.model.club_fit import fit_club, fit_club_reference, intra_op_threads
     from sea_dist.model.objective import fit_club_step
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
 
     if args.full_graph:
         torch.set_num_threads(os.cpu_count() or 1)  # a one-process run keeps torch's default

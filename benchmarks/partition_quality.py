@@ -121,7 +121,7 @@ def partitioned_valid_users(prepared_uri: str) -> tuple[int, bool]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from sea_dist.data.dataset import make_filesystem
+    from sea_dist.storage.fs import make_filesystem
 
     fs, path = make_filesystem(prepared_uri)
     per_part = []

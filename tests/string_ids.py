@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sea_dist.data.dataset import write_dataset
+from sea_dist.data.writer import write_dataset
 from sea_dist.data.synthetic import SyntheticSpec, generate
 
 

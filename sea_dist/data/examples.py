@@ -62,7 +62,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from sea_dist.data.dataset import SPLIT_NAMES, DatasetMeta, make_filesystem, write_dataset
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.data.writer import write_dataset
 
 __all__ = [
     "BUILDER_VERSION",

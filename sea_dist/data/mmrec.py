@@ -55,7 +55,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sea_dist.data.dataset import SPLIT_NAMES, DatasetError, DatasetMeta, make_filesystem
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
+from sea_dist.storage.errors import DatasetError
+from sea_dist.storage.fs import make_filesystem
 
 __all__ = [
     "MMRecError",

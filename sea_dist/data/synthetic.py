@@ -42,7 +42,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sea_dist.data.dataset import DatasetMeta, SPLIT_NAMES, write_dataset
+from sea_dist.data.meta import DatasetMeta, SPLIT_NAMES
+from sea_dist.data.writer import write_dataset
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -87,7 +87,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sea_dist.data.dataset import SPLIT_NAMES, DatasetMeta, make_filesystem
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
+from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.synthetic import check_common_spec, count_cap
 
 __all__ = ["STREAM_GENERATOR_VERSION", "StreamSpec", "StreamModel", "feature_matrix", "write_stream", "main"]

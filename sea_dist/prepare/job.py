@@ -44,13 +44,15 @@ import pyarrow.parquet as pq
 import torch
 
 from sea_dist.config import Config
-from sea_dist.data.dataset import DatasetError, load_dataset, make_filesystem
-from sea_dist.data.ids import ids_to_arrow
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.dataset import load_dataset
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.storage.ids import ids_to_arrow
 from sea_dist.graph.ann import topk_cosine
 from sea_dist.graph.knn import mixed_knn_graph
 from sea_dist.graph.partition import choose_part_method, write_partitions
 from sea_dist.model.normalization import modality_mix_weights
-from sea_dist.ops.retry import configure_storage, with_retries
+from sea_dist.storage.retry import configure_storage, with_retries
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
-from sea_dist.data.dataset import load_meta, make_filesystem
+from sea_dist.data.meta import load_meta
+from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.synthetic import default_dataset_root
 from sea_dist.ops.publish import Publisher, config_fingerprint
-from sea_dist.ops.retry import configure_storage, with_retries
+from sea_dist.storage.retry import configure_storage, with_retries
 from sea_dist.ops.metrics import (
     MetricsIdentity,
     TrainingMetrics,
@@ -47,7 +48,7 @@ from sea_dist.train.ray_policy import (
     set_default_env,
     user_errors_are_final,
 )
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 
 log = logging.getLogger(__name__)
 

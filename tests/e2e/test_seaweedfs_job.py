@@ -29,7 +29,7 @@ def _python(args, env_extra):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_partitioned_job_on_seaweedfs(seaweedfs):  # noqa: F811 - the fixture
-    from sea_dist.data.dataset import make_filesystem
+    from sea_dist.storage.fs import make_filesystem
     from sea_dist.ops.publish import Publisher
 
     store, url = seaweedfs, seaweedfs.url

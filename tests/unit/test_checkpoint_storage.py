@@ -5,7 +5,7 @@ import pyarrow.fs
 
 from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides
-from sea_dist.ops.retry import configure_storage, s3_config_kwargs
+from sea_dist.storage.retry import configure_storage, s3_config_kwargs
 from sea_dist.train.launcher import storage_for
 
 

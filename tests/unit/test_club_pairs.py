@@ -157,7 +157,7 @@ def tiny_root(tmp_path_factory):
 
 
 def _trainer(root, out, mode, full_graph, inner_steps, steps_per_epoch):
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import Trainer
 
     cfg = Config()

@@ -6,7 +6,7 @@ import torch
 from sea_dist.config import Config, EvalConfig
 from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.eval.evaluator import Evaluator
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from tests.dist_utils import run_distributed
 
 

@@ -30,7 +30,7 @@ import torch
 from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides
 from sea_dist.data.mmrec import import_mmrec
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 from tests import golden_fixture as gf
 

@@ -11,7 +11,8 @@ import pytest
 
 from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides
-from sea_dist.data.dataset import DatasetError, DatasetMeta
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import DatasetMeta
 from sea_dist.ops.publish import Publisher
 from sea_dist.train.launcher import resolve_config
 from sea_dist.train.preflight import check_output_dataset, check_warm_start, resolve_paths, user_error_in

@@ -62,7 +62,7 @@ def _batch(trainer) -> tuple[np.ndarray, ...]:
 def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
     import torch
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 
     torch.set_num_threads(1)

@@ -42,7 +42,7 @@ def _config(root: str, out: str, tables: str, prepared: str = "") -> Config:
 def _train(rank: int, world: int, cfg_dict: dict) -> dict:
     import torch
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)
@@ -183,7 +183,7 @@ def _train_with_checkpoints(rank: int, world: int, cfg_dict: dict, ckpt_root: st
     import torch
 
     from sea_dist.train.checkpoint import load_sharded_checkpoint
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)

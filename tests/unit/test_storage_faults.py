@@ -15,10 +15,12 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides
-from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import load_meta
+from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.feature_store import FeatureStore
 from sea_dist.ops.outputs import RunOutputs
-from sea_dist.ops.retry import (
+from sea_dist.storage.retry import (
     PERMANENT,
     TRANSIENT,
     RetryPolicy,
@@ -171,7 +173,7 @@ def test_transient_failures_are_retried_and_logged(caplog):
             raise ConnectionResetError("connection reset by peer")
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger="sea_dist.ops.retry"):
+    with caplog.at_level(logging.WARNING, logger="sea_dist.storage.retry"):
         assert with_retries(flaky, "reading s3://b/k", FAST, sleep=sleeps.append) == "ok"
     assert len(calls) == 3 and len(sleeps) == 2 and all(0 <= s <= FAST.max_delay_s for s in sleeps)
     assert sum("retry" in r.message and "s3://b/k" in r.message for r in caplog.records) == 2
@@ -330,7 +332,7 @@ def test_wrong_credentials_fail_fast(s3_store, monkeypatch):
 
 
 def test_an_endpoint_outage_is_ridden_out(s3_store, quick_storage, caplog):
-    from sea_dist.data.dataset import write_dataset
+    from sea_dist.data.writer import write_dataset
     from sea_dist.data.synthetic import SyntheticSpec, generate
 
     root = f"s3://{s3_store.bucket}/outage"
@@ -340,7 +342,7 @@ def test_an_endpoint_outage_is_ridden_out(s3_store, quick_storage, caplog):
     try:
         assert load_meta(root, endpoint.url).name == "outage"
         endpoint.outage(connections=12)  # more than botocore's 2 attempts per request
-        with caplog.at_level(logging.WARNING, logger="sea_dist.ops.retry"):
+        with caplog.at_level(logging.WARNING, logger="sea_dist.storage.retry"):
             meta = load_meta(root, endpoint.url)
         assert meta.name == "outage" and endpoint.resets == 12 and endpoint.back_up.is_set()
         assert any("transient storage error" in r.message and "dataset.json" in r.message for r in caplog.records)
@@ -425,7 +427,7 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
     import torch
     import torch.distributed as dist
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)
