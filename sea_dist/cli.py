@@ -91,15 +91,15 @@ def prepare(argv: list[str] | None = None, prog: str = "sea-dist prepare") -> in
 
 
 def synthetic(argv: list[str] | None = None, prog: str = "sea-dist synthetic") -> int:
-    """``python -m sea_dist.data.synthetic``: a deterministic synthetic dataset root."""
-    from sea_dist.data.synthetic import main as synthetic_main
+    """``python -m sea_dist.sources.synthetic``: a deterministic synthetic dataset root."""
+    from sea_dist.sources.synthetic import main as synthetic_main
 
     return int(synthetic_main(argv) or 0)
 
 
 def example(argv: list[str] | None = None, prog: str = "sea-dist example") -> int:
-    """``python -m sea_dist.data.examples``: a real-data example dataset (examples extra)."""
-    from sea_dist.data.examples import main as examples_main
+    """``python -m sea_dist.sources.examples``: a real-data example dataset (examples extra)."""
+    from sea_dist.sources.examples import main as examples_main
 
     return int(examples_main(argv) or 0)
 
@@ -107,8 +107,8 @@ def example(argv: list[str] | None = None, prog: str = "sea-dist example") -> in
 COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "train": (train, "train SEA (the same as python jobs/train.py)"),
     "prepare": (prepare, "prepare a dataset for partitioned training (python jobs/prepare.py)"),
-    "synthetic": (synthetic, "generate a synthetic dataset (python -m sea_dist.data.synthetic)"),
-    "example": (example, "build a real-data example dataset (python -m sea_dist.data.examples)"),
+    "synthetic": (synthetic, "generate a synthetic dataset (python -m sea_dist.sources.synthetic)"),
+    "example": (example, "build a real-data example dataset (python -m sea_dist.sources.examples)"),
 }
 
 

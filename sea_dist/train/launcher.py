@@ -22,7 +22,7 @@ from sea_dist.config import Config
 from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
 from sea_dist.data.meta import load_meta
 from sea_dist.storage.fs import make_filesystem
-from sea_dist.data.synthetic import default_dataset_root
+from sea_dist.sources.synthetic import default_dataset_root
 from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.storage.retry import configure_storage, with_retries
 from sea_dist.ops.metrics import (

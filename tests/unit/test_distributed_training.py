@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sea_dist.config import Config, EvalConfig
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.eval.evaluator import Evaluator
 from sea_dist.runtime.distributed import WorkerContext
 from tests.dist_utils import run_distributed

@@ -100,7 +100,7 @@ def _scripted_fit(trainer, scores, patience):
 
 def test_trainer_fit_follows_mmrecs_rule(tmp_path):
     from sea_dist.config import Config
-    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
     from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import Trainer
 

@@ -16,7 +16,7 @@ from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides
 from sea_dist.data.dataset import load_dataset
 from sea_dist.storage.ids import ids_to_numpy
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.model.full_graph import FullGraph
 from sea_dist.model.sea import SEA, UserTables
 from sea_dist.prepare.job import run_prepare

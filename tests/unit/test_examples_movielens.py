@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from sea_dist.data import examples as ex
+from sea_dist.sources import examples as ex
 from sea_dist.data.dataset import load_dataset
 
 SKIP_HINT = "install the examples extra: pip install -e '.[examples]' && pip install --no-deps recbole==1.2.1"

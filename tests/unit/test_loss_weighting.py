@@ -11,7 +11,7 @@ import torch
 
 from sea_dist.config import Config
 from sea_dist.config_cli import apply_overrides
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
 from sea_dist.train.partitioned import PartitionEpochPlan
 from tests.dist_utils import run_distributed

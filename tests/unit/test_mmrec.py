@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sea_dist.data import mmrec
+from sea_dist.sources import mmrec
 from sea_dist.data.dataset import load_dataset
-from sea_dist.data.mmrec import MMRecError, import_mmrec
+from sea_dist.sources.mmrec import MMRecError, import_mmrec
 
 from tests.conftest import MOTO_BUCKET
 

@@ -333,7 +333,7 @@ def test_wrong_credentials_fail_fast(s3_store, monkeypatch):
 
 def test_an_endpoint_outage_is_ridden_out(s3_store, quick_storage, caplog):
     from sea_dist.data.writer import write_dataset
-    from sea_dist.data.synthetic import SyntheticSpec, generate
+    from sea_dist.sources.synthetic import SyntheticSpec, generate
 
     root = f"s3://{s3_store.bucket}/outage"
     spec = SyntheticSpec(n_users=30, n_items=40, n_interactions=300, modalities={"a": 4}, name="outage")
@@ -453,7 +453,7 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
 
 @pytest.mark.timeout(600)
 def test_an_endpoint_cut_mid_fetch_in_a_partitioned_step_changes_nothing(moto_s3, tmp_path):
-    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
     from sea_dist.prepare.job import run_prepare
     from tests.dist_utils import run_distributed
     from tests.unit.test_partitioned_training import _config, _flat

