@@ -57,7 +57,7 @@ def _timed(fn, barrier) -> tuple[float, float]:
 
 def _trainer(cfg_overrides: dict, ctx, output_dir: str):
     from sea_dist.config import Config
-    from sea_dist.config_cli import apply_overrides
+    from sea_dist.config import apply_overrides
     from sea_dist.sources.synthetic import default_dataset_root
     from sea_dist.train.loop import Trainer
 

@@ -44,7 +44,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user must fix (bad configuration or data): reported as one line, exit 2."""
-    from sea_dist.config_cli import ConfigError
+    from sea_dist.config import ConfigError
     from sea_dist.storage.errors import DatasetError
 
     return (ConfigError, DatasetError)

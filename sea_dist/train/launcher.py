@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import ConfigError, apply_overrides, config_to_dict
+from sea_dist.config import ConfigError, apply_overrides, config_to_dict
 from sea_dist.data.meta import load_meta
 from sea_dist.storage.fs import make_filesystem
 from sea_dist.sources.synthetic import default_dataset_root

@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sea_dist.config import Config
-from sea_dist.config_cli import config_to_dict
+from sea_dist.config import config_to_dict
 from sea_dist.data.dataset import Dataset, load_dataset
 from sea_dist.storage.ids import ids_to_state
 from sea_dist.train.progress import StepProgress

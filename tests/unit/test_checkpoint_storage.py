@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow.fs
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.storage.retry import configure_storage, s3_config_kwargs
 from sea_dist.train.launcher import storage_for
 

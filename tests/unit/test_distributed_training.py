@@ -100,7 +100,7 @@ def _train_steps(rank, world, root, out_dir, steps):
     then deterministic) and the BPR term only; returns (initial, final) parameters."""
     import torch
 
-    from sea_dist.config_cli import apply_overrides
+    from sea_dist.config import apply_overrides
     from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)

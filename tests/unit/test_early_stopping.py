@@ -121,7 +121,7 @@ def test_trainer_fit_follows_mmrecs_rule(tmp_path):
 
 def test_patience_zero_is_a_valid_stopping_step_and_negative_is_not():
     from sea_dist.config import Config
-    from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+    from sea_dist.config import ConfigError, apply_overrides, validate_config
 
     validate_config(apply_overrides(Config(), {"train.patience": 0}))  # stop at the first non-improving epoch
     with pytest.raises(ConfigError, match="train.patience"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.data.dataset import load_dataset
 from sea_dist.storage.ids import ids_to_numpy
 from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.sources.mmrec import import_mmrec
 from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.loop import EpochTimes, StepInputs, Trainer

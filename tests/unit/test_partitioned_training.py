@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.prepare.job import run_prepare
 from tests.dist_utils import run_distributed
@@ -70,7 +70,7 @@ def prepared(tmp_path_factory):
 
 
 def _flat(cfg: Config) -> dict:
-    from sea_dist.config_cli import config_to_dict
+    from sea_dist.config import config_to_dict
 
     out = {}
 

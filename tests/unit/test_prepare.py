@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+from sea_dist.config import ConfigError, apply_overrides, validate_config
 from sea_dist.storage.errors import DatasetError
 from sea_dist.data.dataset import load_dataset
 from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic

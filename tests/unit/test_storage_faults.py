@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.storage.errors import DatasetError
 from sea_dist.data.meta import load_meta
 from sea_dist.storage.fs import make_filesystem
@@ -246,7 +246,7 @@ def test_storage_settings_come_from_the_data_config():
 
 
 def test_the_config_fingerprint_ignores_storage_settings():
-    from sea_dist.config_cli import config_to_dict
+    from sea_dist.config import config_to_dict
     from sea_dist.ops.publish import config_fingerprint
 
     base = config_fingerprint(config_to_dict(Config()))
