@@ -14,10 +14,10 @@ Heavy modules are imported only by the command that needs them, so ``sea-dist --
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from typing import Callable
+
+from sea_dist.logs import configure_logging
 
 TRAIN_DESCRIPTION = (
     "Train SEA; with no arguments, on the bundled default dataset with 2 local Ray workers."
@@ -27,20 +27,6 @@ PREPARE_DESCRIPTION = (
     "partitions, kNN graph, held-out edges, MANIFEST.json) and prints the manifest as JSON. A "
     "rerun with the same inputs and settings does nothing; the options are those of train."
 )
-
-#: Loggers that speak on INFO although nothing they say is for the user of a training run.
-_QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "filelock", "fsspec", "botocore", "aiobotocore", "s3fs")
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One compact format for sea_dist's own progress lines; third-party chatter at WARNING."""
-    # DGL otherwise announces on stderr, in every process of a fresh machine, that no backend
-    # was selected and that it picked (and saved) PyTorch.
-    os.environ.setdefault("DGLBACKEND", "pytorch")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user must fix (bad configuration or data): reported as one line, exit 2."""
@@ -101,6 +87,7 @@ def example(argv: list[str] | None = None, prog: str = "sea-dist example") -> in
     """``python -m sea_dist.sources.examples``: a real-data example dataset (examples extra)."""
     from sea_dist.sources.examples import main as examples_main
 
+    configure_logging()  # the build reports its progress through its module logger
     return int(examples_main(argv) or 0)
 
 

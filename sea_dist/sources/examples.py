@@ -50,6 +50,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import posixpath
 import re
@@ -65,6 +66,8 @@ import numpy as np
 from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
 from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.writer import write_dataset
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BUILDER_VERSION",
@@ -117,8 +120,9 @@ class ExampleDataMissing(RuntimeError):
     """A package (data or model) the example needs is not installed; the message says which."""
 
 
-def _stderr_progress(msg: str) -> None:
-    print(f"[examples] {msg}", file=sys.stderr, flush=True)
+def _log_progress(msg: str) -> None:
+    """The builders' default progress: this module's logger (entry points configure logging)."""
+    log.info("[examples] %s", msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,7 +474,7 @@ def _force_offline() -> None:
 
 def minilm_text_encoder(
     batch_size: int = 128,
-    progress: Callable[[str], None] | None = _stderr_progress,
+    progress: Callable[[str], None] | None = _log_progress,
     device: str = "cpu",
     threads: int | None = None,
 ) -> Callable[[list[str]], np.ndarray]:
@@ -563,7 +567,7 @@ def build_movielens_100k(
     limit_users: int | None = None,
     encoder_batch_size: int = 128,
     text_encoder: Callable[[list[str]], np.ndarray] | None = None,
-    progress: Callable[[str], None] | None = _stderr_progress,
+    progress: Callable[[str], None] | None = _log_progress,
     source: str | None = None,
     encoder_threads: int | None = None,
     feature_dtype: str = "float32",
@@ -709,4 +713,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from sea_dist.logs import configure_logging
+
+    configure_logging()
     sys.exit(main())
