@@ -16,50 +16,16 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
 from sea_dist.sources.stream_spec import STREAM_GENERATOR_VERSION, StreamSpec, check_stream_spec
 from sea_dist.sources.synthetic_stream import StreamModel, feature_groups
 from sea_dist.storage.fs import make_filesystem
+from sea_dist.storage.shards import reset_shards, shard_name, write_parquet
 
 __all__ = ["write_stream"]
 
 log = logging.getLogger(__name__)
-
-
-def _open_writer(fs: Any, path: str, schema: pa.Schema, stack: list, **kwargs: Any) -> pq.ParquetWriter:
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return pq.ParquetWriter(path, schema, **kwargs)
-    f = fs.open(path, "wb")
-    stack.append(f)
-    return pq.ParquetWriter(f, schema, **kwargs)
-
-
-def _write_parquet(fs: Any, path: str, schema: pa.Schema, tables: Any, **kwargs: Any) -> None:
-    """Write an iterable of tables (each written with ``write_table``) as one Parquet file."""
-    stack: list = []
-    try:
-        w = _open_writer(fs, path, schema, stack, **kwargs)
-        try:
-            for t, rg in tables:
-                w.write_table(t, row_group_size=rg)
-        finally:
-            w.close()
-    finally:
-        for f in stack:
-            f.close()
-
-
-def _clear(fs: Any, folder: str) -> None:
-    fs.makedirs(folder, exist_ok=True)
-    old = sorted(fs.glob(posixpath.join(folder, "part-*.parquet")))
-    if old:
-        fs.rm(old)
-
-
-def _part(k: int, n: int) -> str:
-    return f"part-{k:0{max(5, len(str(max(n - 1, 0))))}d}.parquet"
 
 
 def _spec_version(spec: StreamSpec) -> str:
@@ -77,7 +43,7 @@ def _write_features(fs: Any, path: str, model: StreamModel, say: Callable[[str],
     for mi, m in enumerate(model.mods):
         dim = int(spec.modalities[m])
         folder = posixpath.join(path, "features", m)
-        _clear(fs, folder)
+        reset_shards(fs, folder)
         schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa_dtype, dim))])
         t0 = time.perf_counter()
         for k in range(n_shards):
@@ -88,7 +54,7 @@ def _write_features(fs: Any, path: str, model: StreamModel, say: Callable[[str],
                     ids = pa.array(id_base + id_step * np.arange(a, b, dtype=np.int64), pa.int64())
                     yield pa.Table.from_arrays([ids, pa.FixedSizeListArray.from_arrays(vals, dim)], schema=schema), b - a
 
-            _write_parquet(fs, posixpath.join(folder, _part(k, n_shards)), schema, groups(), use_dictionary=False)
+            write_parquet(fs, posixpath.join(folder, shard_name(k, n_shards)), schema, groups(), use_dictionary=False)
         say(f"features[{m}]: {I} x {dim} in {n_shards} shard(s), {time.perf_counter() - t0:.1f}s")
 
 
@@ -115,7 +81,7 @@ def write_stream(
     _write_features(fs, path, model, say)
 
     ifolder = posixpath.join(path, "interactions")
-    _clear(fs, ifolder)
+    reset_shards(fs, ifolder)
     schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("split", pa.int8())])
     uid_base, uid_step, iid_base, iid_step = (1000, 3, 10**6, 7) if spec.sparse_ids else (0, 1, 0, 1)
     n_chunks = model.n_chunks
@@ -134,7 +100,7 @@ def write_stream(
             schema=schema,
         )
         del users, items, splits
-        _write_parquet(fs, posixpath.join(ifolder, _part(c, n_chunks)), schema, [(table, None)])
+        write_parquet(fs, posixpath.join(ifolder, shard_name(c, n_chunks)), schema, [(table, None)])
         del table
         dt = time.perf_counter() - t0
         say(f"interactions chunk {c + 1}/{n_chunks}: {total} rows, {total / max(dt, 1e-9):,.0f} rows/s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import fsspec
 import pyarrow as pa
@@ -20,7 +20,17 @@ from sea_dist.storage.errors import DatasetError
 from sea_dist.storage.fs import display, is_local
 from sea_dist.storage.retry import storage_fault, with_retries
 
-__all__ = ["SHARD_GLOB", "Shard", "list_shards", "scan_shards", "clear_shards", "decoding"]
+__all__ = [
+    "SHARD_GLOB",
+    "Shard",
+    "list_shards",
+    "scan_shards",
+    "clear_shards",
+    "reset_shards",
+    "shard_name",
+    "write_parquet",
+    "decoding",
+]
 
 SHARD_GLOB = "part-*.parquet"
 
@@ -141,3 +151,38 @@ def clear_shards(fs: fsspec.AbstractFileSystem, folder: str) -> None:
     if old:
         fs.rm(old)
 
+
+def reset_shards(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+    """Create ``folder`` and remove its old shards: a streamed rewrite starts from an empty folder."""
+    fs.makedirs(folder, exist_ok=True)
+    old = sorted(fs.glob(posixpath.join(folder, SHARD_GLOB)))
+    if old:
+        fs.rm(old)
+
+
+def shard_name(k: int, n: int) -> str:
+    """``part-NNNNN.parquet`` for shard ``k`` of ``n``, zero-padded so names sort as numbers."""
+    return f"part-{k:0{max(5, len(str(max(n - 1, 0))))}d}.parquet"
+
+
+def write_parquet(
+    fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema, tables: Iterable[tuple[pa.Table, Any]], **kwargs: Any
+) -> None:
+    """Write ``(table, row_group_size)`` pairs, one after another, as one Parquet file.
+
+    Tables may be generated lazily, so a streamed shard never holds more than one of them;
+    ``kwargs`` go to :class:`pyarrow.parquet.ParquetWriter`. Local paths are written directly,
+    other filesystems through an fsspec file that is closed even when writing fails.
+    """
+    opened: list = []
+    try:
+        sink: Any = path
+        if not is_local(fs):
+            sink = fs.open(path, "wb")
+            opened.append(sink)
+        with pq.ParquetWriter(sink, schema, **kwargs) as w:
+            for t, rg in tables:
+                w.write_table(t, row_group_size=rg)
+    finally:
+        for f in opened:
+            f.close()
