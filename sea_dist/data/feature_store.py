@@ -58,81 +58,26 @@ import posixpath
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sea_dist.data.fetch_stats import FetchStats
 from sea_dist.storage.errors import DatasetError
 from sea_dist.storage.fs import display, is_local, make_filesystem
 from sea_dist.storage.ids import INT, as_raw_ids, ids_to_numpy, numpy_id_kind
 from sea_dist.storage.retry import with_retries
-from sea_dist.storage.schema import FEATURE_COLUMNS, check_feature_shard
+from sea_dist.storage.schema import FEATURE_COLUMNS, check_feature_shard, item_id_column, statistics_bounds
 from sea_dist.storage.shards import SHARD_GLOB, Shard, decoding, list_shards
 
-__all__ = ["FetchStats", "FeatureStore", "open_feature_stores"]
+__all__ = ["FeatureStore", "open_feature_stores"]
 
-
-def _item_id_column(md: pq.FileMetaData) -> int:
-    return next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
-
-
-def _statistics_bounds(st, kind: str) -> tuple | None:
-    """A row group's (min, max) item id from its footer, or None when absent or undecodable
-    (a truncated string bound can end inside a UTF-8 sequence)."""
-    if st is None or not st.has_min_max:
-        return None
-    as_id = int if kind == INT else str
-    try:
-        return as_id(st.min), as_id(st.max)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 log = logging.getLogger(__name__)
 
 _MAX_OPEN_FILES = 16
-
-
-@dataclass
-class FetchStats:
-    """Counters of one store since its last reset (``hits + misses == rows_served``).
-
-    ``bytes_read``: compressed bytes of the column chunks read (from the footers' row-group
-    metadata: what a ranged read moves); ``seconds``: wall time inside :meth:`FeatureStore.fetch`;
-    ``row_groups_read``: row groups read from storage; ``row_groups_cached``: candidate row
-    groups served from the cache; ``row_groups_skipped``: row groups ruled out by their
-    statistics (summed over fetches); ``rows_served``: requested rows, duplicates included;
-    ``cache_hits``/``cache_misses``: requested rows whose row group was / was not in the cache
-    when the fetch reached it; ``retries``: row group reads retried after a transient storage
-    fault (see the module docstring).
-    """
-
-    fetches: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-    row_groups_read: int = 0
-    row_groups_cached: int = 0
-    row_groups_skipped: int = 0
-    rows_served: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    retries: int = 0
-
-    def snapshot(self) -> "FetchStats":
-        """A copy of the counters now."""
-        return replace(self)
-
-    def reset(self) -> "FetchStats":
-        """Zero the counters; returns what they were (a snapshot)."""
-        before = self.snapshot()
-        for k, v in asdict(FetchStats()).items():
-            setattr(self, k, v)
-        return before
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FeatureStore:
@@ -185,7 +130,7 @@ class FeatureStore:
                 self._meta.append(md)
                 self._sizes.append(getattr(sh._fh, "size", None) if sh._fh is not None else None)
                 self._names.append(sh.name)
-                id_col = _item_id_column(md)
+                id_col = item_id_column(md)
                 want = [
                     j for j in range(md.num_columns)
                     if md.schema.column(j).path == "item_id" or md.schema.column(j).path.startswith("embedding.")
@@ -195,7 +140,7 @@ class FeatureStore:
                     if rg.num_rows == 0:
                         continue
                     st = rg.column(id_col).statistics
-                    bounds = _statistics_bounds(st, kinds["kind"])
+                    bounds = statistics_bounds(st, kinds["kind"])
                     gmin, gmax = bounds if bounds else self._ids_without_stats(sh, g, id_col)
                     lo.append(gmin)
                     hi.append(gmax)
@@ -242,7 +187,7 @@ class FeatureStore:
         for g in groups:
             s, local = int(self._rg_shard[g]), int(self._rg_local[g])
             with Shard(self.fs, self.files[s]) as sh:
-                lo[g], hi[g] = self._ids_without_stats(sh, local, _item_id_column(sh.pf.metadata))
+                lo[g], hi[g] = self._ids_without_stats(sh, local, item_id_column(sh.pf.metadata))
         self._rg_min, self._rg_max = as_raw_ids(lo), as_raw_ids(hi)
 
     def _ids_without_stats(self, sh: Shard, g: int, id_col: int) -> tuple[int, int]:

@@ -11,9 +11,10 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sea_dist.storage.errors import DatasetError
-from sea_dist.storage.ids import arrow_id_kind, ids_to_numpy
+from sea_dist.storage.ids import INT, arrow_id_kind, ids_to_numpy
 from sea_dist.storage.shards import Shard
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "non_null_column",
     "id_numpy",
     "int_numpy",
+    "item_id_column",
+    "statistics_bounds",
 ]
 
 #: the columns of a feature shard, in the order readers ask for them
@@ -118,3 +121,19 @@ def int_numpy(shard: Shard, table: pa.Table, column: str) -> np.ndarray:
             raise DatasetError(f"{shard.name}: column {column!r} does not fit int64 ({e})") from e
     return col.to_numpy()
 
+
+def item_id_column(md: pq.FileMetaData) -> int:
+    """Index of the ``item_id`` column chunk in a shard's footer (for its row-group statistics)."""
+    return next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
+
+
+def statistics_bounds(st, kind: str) -> tuple | None:
+    """A row group's (min, max) item id from its footer, or None when absent or undecodable
+    (a truncated string bound can end inside a UTF-8 sequence)."""
+    if st is None or not st.has_min_max:
+        return None
+    as_id = int if kind == INT else str
+    try:
+        return as_id(st.min), as_id(st.max)
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -11,8 +11,8 @@ lazy import is still a dependency) is parsed with :mod:`ast`, never executed. Th
   points only (``sea_dist.cli`` itself, ``jobs/``, tests); library code uses ``sea_dist.config``.
 * **No import cycle between modules**: the module import graph's strongly connected
   components all have one module.
-* **Third-party confinement**: only ``graph/`` imports ``dgl``; Ray only in the launcher and
-  its failure policy; ``model/`` imports neither, nor ``torch.distributed``, nor train/graph.
+* **Third-party confinement**: only ``graph/`` imports ``dgl``; Ray only in ``train/ray_run.py``
+  (the Ray Train driver and worker entry) and ``train/ray_policy.py`` (its failure policy); ``model/`` imports neither, nor ``torch.distributed``, nor train/graph.
 
 The checkers are plain functions over a source tree, so the tests at the end run them on small
 fake trees and see them fail.
@@ -48,8 +48,8 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"logs", "config", "config_cli", "storage", "sources", "prepare", "train"},  # the sea-dist command
 }
 CLI_UNITS = {"cli", "config_cli"}
-#: modules allowed to import ray (the Ray Train driver and its failure policy)
-RAY_MODULES = {"sea_dist.train.launcher", "sea_dist.train.ray_policy"}
+#: modules allowed to import ray (the Ray Train driver and worker entry, and its failure policy)
+RAY_MODULES = {"sea_dist.train.ray_run", "sea_dist.train.ray_policy"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_model_package_is_plain_torch():
     assert offenders == []
 
 
-def test_dgl_only_in_graph_and_ray_only_in_the_launcher():
+def test_dgl_only_in_graph_and_ray_only_in_the_ray_modules():
     assert third_party_offenders(ROOT, "dgl", {"sea_dist.graph."}) == []
     assert third_party_offenders(ROOT, "ray", RAY_MODULES) == []
 
