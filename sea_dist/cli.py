@@ -28,6 +28,7 @@ PREPARE_DESCRIPTION = (
     "rerun with the same inputs and settings does nothing; the options are those of train."
 )
 
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user must fix (bad configuration or data): reported as one line, exit 2."""
     from sea_dist.config import ConfigError

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 
 from sea_dist.config.checks import CLUB_FIT_CHOICES, METRIC_CHOICES, Checks, ConfigError, is_int
 
+
 def _opt(default, help: str, **kw):
     """A dataclass field with its help text; mutable defaults go through ``default_factory``."""
     if isinstance(default, (list, dict)):
@@ -65,6 +66,7 @@ class DataConfig:
 
     def problems(self) -> list[str]:
         return []  # every value of this section is usable as given
+
 
 @dataclass
 class GraphConfig:
@@ -116,6 +118,7 @@ class GraphConfig:
     def fanouts_ok(self) -> bool:
         return isinstance(self.fanouts, list) and all(is_int(f) and (f > 0 or f == -1) for f in self.fanouts)
 
+
 @dataclass
 class ModelConfig:
     embedding_dim: int = _opt(64, "k: width of each modality's GCN representation")
@@ -152,6 +155,7 @@ class ModelConfig:
             f"model.club_fit must be one of {', '.join(CLUB_FIT_CHOICES)}, got {self.club_fit!r}",
         )
         return c.problems
+
 
 @dataclass
 class TrainConfig:
@@ -285,6 +289,7 @@ class TrainConfig:
             )
         return c.problems
 
+
 @dataclass
 class EvalConfig:
     topk: list = _opt([10, 20], "cut-offs K for Recall/NDCG/Precision/MAP")
@@ -321,6 +326,7 @@ class EvalConfig:
     def topk_ok(self) -> bool:
         return isinstance(self.topk, list) and len(self.topk) > 0 and all(is_int(k) and k > 0 for k in self.topk)
 
+
 @dataclass
 class OutputConfig:
     output_dir: str = _opt("runs/latest", "where summary.json, metrics.jsonl and embeddings go")
@@ -335,6 +341,7 @@ class OutputConfig:
 
     def problems(self) -> list[str]:
         return []  # every value of this section is usable as given
+
 
 @dataclass
 class MetricsConfig:
@@ -353,6 +360,7 @@ class MetricsConfig:
 
     def problems(self) -> list[str]:
         return []  # every value of this section is usable as given
+
 
 @dataclass
 class PrepareConfig:
@@ -387,6 +395,7 @@ class PrepareConfig:
         c.non_negative_int("num_parts", "metis_max_edges", "exact_knn_max_items")
         c.positive_int("knn_nprobe")
         return c.problems
+
 
 @dataclass
 class Config:

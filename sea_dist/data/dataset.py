@@ -358,4 +358,3 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
         splits=splits,
         features=features,
     )
-

@@ -132,4 +132,3 @@ def read_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMet
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{where}: malformed JSON ({e})") from e
     return DatasetMeta.from_dict(obj, where)
-

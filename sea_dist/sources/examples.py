@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import posixpath
 import sys
 import time
@@ -61,10 +62,9 @@ import numpy as np
 from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
 from sea_dist.data.writer import write_dataset
 from sea_dist.sources.item_features import (
-    _DECADES,
+    DECADES,
     META_DIM,
     TEXT_MODEL,
-    _log_progress,
     item_texts,
     meta_features,
     minilm_text_encoder,
@@ -78,12 +78,19 @@ from sea_dist.sources.movielens import (
 )
 from sea_dist.storage.fs import make_filesystem
 
+log = logging.getLogger(__name__)
+
 __all__ = ["BUILDER_VERSION", "NAME", "build_movielens_100k", "main"]
 
 #: Bump whenever the builder's output for the same input changes (it is part of ``version``).
 BUILDER_VERSION = "1"
 
 NAME = "movielens-100k"
+
+
+def _log_progress(msg: str) -> None:
+    """The builder's default progress: this module's logger (entry points configure logging)."""
+    log.info("[examples] %s", msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +197,7 @@ def build_movielens_100k(
         "feedback": "implicit: every rating is an interaction; repeated (user, item) keep the earliest",
         "split": "per-user chronological, MMRec rule: n>=10 80/10/10 (valid=test=max(1,round(0.1n))), n<10 n-2/1/1",
         "modalities": {
-            "meta": f"19 genre flags, year-known flag, (year-1900)/100, {_DECADES} decade one-hots, zero-padded to {META_DIM}",
+            "meta": f"19 genre flags, year-known flag, (year-1900)/100, {DECADES} decade one-hots, zero-padded to {META_DIM}",
             "text": f"{encoder_tag} of \"<title> (<year>). Genres: <g1>, <g2>.\"",
         },
         "license": "MovieLens terms (GroupLens): research use, do not redistribute this folder; "

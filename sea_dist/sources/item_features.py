@@ -18,14 +18,24 @@ import numpy as np
 
 from sea_dist.sources.movielens import EXTRA_HINT, GENRES, ExampleDataMissing, package_dir
 
-__all__ = ["META_DIM", "TEXT_DIM", "TEXT_MODEL", "display_title", "item_texts", "meta_features", "minilm_model_dir", "minilm_text_encoder"]
+__all__ = [
+    "DECADES",
+    "META_DIM",
+    "TEXT_DIM",
+    "TEXT_MODEL",
+    "display_title",
+    "item_texts",
+    "meta_features",
+    "minilm_model_dir",
+    "minilm_text_encoder",
+]
 
 log = logging.getLogger(__name__)
 
 META_DIM = 32
 TEXT_DIM = 384
 TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DECADES = 8  # <=1920s, 1930s, 1940s, 1950s, 1960s, 1970s, 1980s, >=1990s
+DECADES = 8  # <=1920s, 1930s, 1940s, 1950s, 1960s, 1970s, 1980s, >=1990s
 
 
 def _log_progress(msg: str) -> None:
@@ -67,7 +77,7 @@ def item_texts(titles: Iterable[str], years: np.ndarray, genres: np.ndarray) -> 
 
 def meta_features(years: np.ndarray, genres: np.ndarray, dim: int = META_DIM) -> np.ndarray:
     """float32 ``[I, dim]``: genre flags, year-known flag, (year-1900)/100, decade one-hots, 0s."""
-    used = len(GENRES) + 2 + _DECADES
+    used = len(GENRES) + 2 + DECADES
     if dim < used or dim % 2:
         raise ValueError(f"meta dim must be even and >= {used}, got {dim}")
     years = np.asarray(years, dtype=np.int64)
@@ -78,7 +88,7 @@ def meta_features(years: np.ndarray, genres: np.ndarray, dim: int = META_DIM) ->
     c = len(GENRES)
     x[:, c] = known
     x[:, c + 1] = np.where(known, (years - 1900) / 100.0, 0.0)
-    decade = np.clip(years // 10 - 192, 0, _DECADES - 1)
+    decade = np.clip(years // 10 - 192, 0, DECADES - 1)
     rows = np.flatnonzero(known)
     x[rows, c + 2 + decade[rows]] = 1.0
     return x

@@ -60,4 +60,3 @@ def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table, **kwa
     else:
         with fs.open(path, "wb") as f:
             pq.write_table(table, f, **kwargs)
-
