@@ -10,7 +10,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from sea_dist.config import Config  # noqa: E402
-from sea_dist.config_cli import apply_overrides  # noqa: E402
+from sea_dist.config import apply_overrides  # noqa: E402
 from sea_dist.train.launcher import run  # noqa: E402
 
 

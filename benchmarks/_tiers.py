@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
-from sea_dist.data.dataset import DatasetMeta, write_dataset
-from sea_dist.data.synthetic import cache_dir
+from sea_dist.data.meta import DatasetMeta
+from sea_dist.data.writer import write_dataset
+from sea_dist.sources.synthetic import cache_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BABY_DIR = os.path.join(REPO, "datasets", "amazon-baby")

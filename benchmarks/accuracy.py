@@ -18,8 +18,8 @@ import time
 
 from _common import REPO_ROOT, emit, train
 
-from sea_dist.data.examples import build_movielens_100k
-from sea_dist.data.synthetic import cache_dir
+from sea_dist.sources.examples import build_movielens_100k
+from sea_dist.sources.synthetic import cache_dir
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 VARIANTS = {
@@ -102,7 +102,7 @@ def main() -> None:
         f"(seeds {', '.join(map(str, seeds))}; up to {args.epochs} epochs, patience {args.patience}; "
         "reference hyper-parameters otherwise: lr 1e-4, batch 2048, knn_k 10). Test metrics at the best "
         "validation Recall@20 epoch, mean ± standard deviation over seeds. Dataset: "
-        "`python -m sea_dist.data.examples movielens-100k` (modalities meta 32-d, text 384-d MiniLM). "
+        "`python -m sea_dist.sources.examples movielens-100k` (modalities meta 32-d, text 384-d MiniLM). "
         "Wall times are as measured on a shared 2-core machine: compare them only between rows run "
         "under the same load.",
         "",

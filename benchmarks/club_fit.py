@@ -57,8 +57,8 @@ def _timed(fn, barrier) -> tuple[float, float]:
 
 def _trainer(cfg_overrides: dict, ctx, output_dir: str):
     from sea_dist.config import Config
-    from sea_dist.config_cli import apply_overrides
-    from sea_dist.data.synthetic import default_dataset_root
+    from sea_dist.config import apply_overrides
+    from sea_dist.sources.synthetic import default_dataset_root
     from sea_dist.train.loop import Trainer
 
     overrides = {
@@ -76,7 +76,7 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
 
     from sea_dist.model.club_fit import fit_club, fit_club_reference, intra_op_threads
     from sea_dist.model.objective import fit_club_step
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
 
     if args.full_graph:
         torch.set_num_threads(os.cpu_count() or 1)  # a one-process run keeps torch's default

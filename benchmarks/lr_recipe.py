@@ -7,7 +7,7 @@ constant lr learns far less per epoch. ``train.lr_scaling`` (sqrt | linear in gl
 ``train.lr_reference_batch``) and ``train.warmup_steps`` are the recipe; this benchmark measures
 which default to ship (``sea_dist/train/lr_schedule.py``).
 
-One dataset from the streaming generator (planted signal, ``sea_dist.data.synthetic_stream``),
+One dataset from the streaming generator (planted signal, ``sea_dist.sources.synthetic_stream``),
 one training seed, the same epoch budget for every run (no early stopping); for every per-worker
 batch in ``--batches`` and every variant in ``--variants``, one ``jobs/train.py`` run in its own
 process (``--workers`` local Ray workers, sampled mode; ``--mode full_graph`` runs one process
@@ -49,7 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from sea_dist.config import Config  # noqa: E402
-from sea_dist.data.synthetic_stream import StreamSpec, _spec_version, write_stream  # noqa: E402
+from sea_dist.sources.stream_spec import StreamSpec  # noqa: E402
+from sea_dist.sources.stream_writer import _spec_version, write_stream  # noqa: E402
 from sea_dist.train.lr_schedule import scaled_lr  # noqa: E402
 
 METRIC = "recall@20"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Partition quality: does partition-local training reach full-graph quality at P = 2, 4, 8?
 
-One dataset from the streaming generator (planted signal, ``sea_dist.data.synthetic_stream``),
+One dataset from the streaming generator (planted signal, ``sea_dist.sources.synthetic_stream``),
 one seed, one epoch budget (no early stopping), one global batch; then, each run a separate
 process through the real entry points (``jobs/prepare.py``, ``jobs/train.py``):
 
@@ -43,7 +43,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # noqa: E402
+from sea_dist.sources.stream_spec import StreamSpec  # noqa: E402
+from sea_dist.sources.stream_writer import write_stream  # noqa: E402
 
 METRIC = "recall@20"
 GOAL = 0.98  # every partitioned row's best valid Recall@20 over the full graph's
@@ -91,7 +92,7 @@ def dataset(args: argparse.Namespace) -> str:
         users_per_chunk=50_000,
     )
     root = os.path.join(args.data_dir, spec.name)
-    from sea_dist.data.synthetic_stream import _spec_version  # the version dataset.json records
+    from sea_dist.sources.stream_writer import _spec_version  # the version dataset.json records
 
     meta = os.path.join(root, "dataset.json")
     if os.path.exists(meta):
@@ -121,7 +122,7 @@ def partitioned_valid_users(prepared_uri: str) -> tuple[int, bool]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from sea_dist.data.dataset import make_filesystem
+    from sea_dist.storage.fs import make_filesystem
 
     fs, path = make_filesystem(prepared_uri)
     per_part = []

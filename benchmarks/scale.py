@@ -299,7 +299,7 @@ def main() -> int:
     try:
         root = f"s3://{BUCKET}/catalog-{args.users}x{args.items}x{args.interactions}"
         gen = timed(
-            [sys.executable, "-m", "sea_dist.data.synthetic", "--users", str(args.users), "--items", str(args.items),
+            [sys.executable, "-m", "sea_dist.sources.synthetic", "--users", str(args.users), "--items", str(args.items),
              "--interactions", str(args.interactions), "--out", root, "--s3-endpoint-url", moto.url],
             os.path.join(logdir, "generate.log"),
         )

@@ -658,7 +658,7 @@ def bench(a: argparse.Namespace) -> None:
     sea_dist_root = ""
     for mode in modes:
         if mode != "authors" and not sea_dist_root:
-            from sea_dist.data.mmrec import import_mmrec
+            from sea_dist.sources.mmrec import import_mmrec
 
             sea_dist_root = import_mmrec(data_dir, os.path.join(workdir, "sea_dist_root"))
         with LoadSampler() as load:

@@ -19,8 +19,10 @@ import tempfile
 import numpy as np
 from _common import emit, train
 
-from sea_dist.data.dataset import DatasetMeta, load_dataset, write_dataset
-from sea_dist.data.synthetic import cache_dir, default_dataset_root
+from sea_dist.data.meta import DatasetMeta
+from sea_dist.data.dataset import load_dataset
+from sea_dist.data.writer import write_dataset
+from sea_dist.sources.synthetic import cache_dir, default_dataset_root
 
 METRIC = "recall@20"
 

@@ -14,10 +14,10 @@ Heavy modules are imported only by the command that needs them, so ``sea-dist --
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from typing import Callable
+
+from sea_dist.logs import configure_logging
 
 TRAIN_DESCRIPTION = (
     "Train SEA; with no arguments, on the bundled default dataset with 2 local Ray workers."
@@ -28,24 +28,11 @@ PREPARE_DESCRIPTION = (
     "rerun with the same inputs and settings does nothing; the options are those of train."
 )
 
-#: Loggers that speak on INFO although nothing they say is for the user of a training run.
-_QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data", "filelock", "fsspec", "botocore", "aiobotocore", "s3fs")
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One compact format for sea_dist's own progress lines; third-party chatter at WARNING."""
-    # DGL otherwise announces on stderr, in every process of a fresh machine, that no backend
-    # was selected and that it picked (and saved) PyTorch.
-    os.environ.setdefault("DGLBACKEND", "pytorch")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors the user must fix (bad configuration or data): reported as one line, exit 2."""
-    from sea_dist.config_cli import ConfigError
-    from sea_dist.data.dataset import DatasetError
+    from sea_dist.config import ConfigError
+    from sea_dist.storage.errors import DatasetError
 
     return (ConfigError, DatasetError)
 
@@ -91,24 +78,25 @@ def prepare(argv: list[str] | None = None, prog: str = "sea-dist prepare") -> in
 
 
 def synthetic(argv: list[str] | None = None, prog: str = "sea-dist synthetic") -> int:
-    """``python -m sea_dist.data.synthetic``: a deterministic synthetic dataset root."""
-    from sea_dist.data.synthetic import main as synthetic_main
+    """``python -m sea_dist.sources.synthetic``: a deterministic synthetic dataset root."""
+    from sea_dist.sources.synthetic import main as synthetic_main
 
     return int(synthetic_main(argv) or 0)
 
 
 def example(argv: list[str] | None = None, prog: str = "sea-dist example") -> int:
-    """``python -m sea_dist.data.examples``: a real-data example dataset (examples extra)."""
-    from sea_dist.data.examples import main as examples_main
+    """``python -m sea_dist.sources.examples``: a real-data example dataset (examples extra)."""
+    from sea_dist.sources.examples import main as examples_main
 
+    configure_logging()  # the build reports its progress through its module logger
     return int(examples_main(argv) or 0)
 
 
 COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "train": (train, "train SEA (the same as python jobs/train.py)"),
     "prepare": (prepare, "prepare a dataset for partitioned training (python jobs/prepare.py)"),
-    "synthetic": (synthetic, "generate a synthetic dataset (python -m sea_dist.data.synthetic)"),
-    "example": (example, "build a real-data example dataset (python -m sea_dist.data.examples)"),
+    "synthetic": (synthetic, "generate a synthetic dataset (python -m sea_dist.sources.synthetic)"),
+    "example": (example, "build a real-data example dataset (python -m sea_dist.sources.examples)"),
 }
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sea_dist.data.dataset import write_dataset
-from sea_dist.data.synthetic import SyntheticSpec, generate
+from sea_dist.data.writer import write_dataset
+from sea_dist.sources.synthetic import SyntheticSpec, generate
 
 
 def user_key(raw: np.ndarray) -> np.ndarray:

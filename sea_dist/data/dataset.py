@@ -15,133 +15,44 @@ counts; an item without features cannot be represented at all, since SEA has no 
 embeddings). So every :class:`DatasetError` names the file (and the row, item id or key) and the
 problem. All checks are vectorised numpy so that a 50M-interaction dataset validates in seconds.
 
-Ids: raw ids are arbitrary int64 or strings (:mod:`sea_dist.data.ids`; one kind per column, users
+Ids: raw ids are arbitrary int64 or strings (:mod:`sea_dist.storage.ids`; one kind per column, users
 and items may differ); the loader maps them to contiguous indices. Items are the ids
 that have feature rows (the first modality defines the universe, every other modality must have
 exactly the same ids) and are indexed in ascending raw-id order, which is also the on-disk order
 of the feature shards, so item index ``i`` is row ``i`` of the concatenated shards. Users are the
 distinct user ids of the interactions, in ascending order.
+
+The storage underneath (filesystems, shards, column checks, the error type) is
+:mod:`sea_dist.storage`; ``dataset.json`` is :mod:`sea_dist.data.meta`; writing a root is
+:mod:`sea_dist.data.writer`.
 """
 from __future__ import annotations
 
-import json
-import os
 import posixpath
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from sea_dist.arrays import sorted_unique
-from sea_dist.data.ids import INT, arrow_id_kind, as_raw_ids, ids_to_arrow, ids_to_numpy
-from sea_dist.ops.retry import s3_config_kwargs, storage_fault, with_retries
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta, read_meta
+from sea_dist.storage.errors import DatasetError
+from sea_dist.storage.fs import display, make_filesystem
+from sea_dist.storage.ids import INT
+from sea_dist.storage.schema import (
+    FEATURE_COLUMNS,
+    check_columns,
+    check_feature_shard,
+    check_id_column,
+    check_int_column,
+    id_numpy,
+    int_numpy,
+)
+from sea_dist.storage.shards import SHARD_GLOB, Shard, list_shards, scan_shards
 
-__all__ = [
-    "DatasetError",
-    "DatasetMeta",
-    "Dataset",
-    "SPLIT_NAMES",
-    "make_filesystem",
-    "load_meta",
-    "load_dataset",
-    "write_dataset",
-]
+__all__ = ["Dataset", "load_dataset"]
 
-#: split code -> name, as stored in ``interactions.split`` and ``dataset.json["splits"]``.
-SPLIT_NAMES: tuple[str, str, str] = ("train", "valid", "test")
-
-_META_KEYS = ("name", "version", "n_users", "n_items", "n_interactions", "modalities", "splits")
 _INTERACTION_COLUMNS = ("user_id", "item_id", "split")
-_SHARD_GLOB = "part-*.parquet"
-
-
-class DatasetError(ValueError):
-    """A dataset root breaks the data contract; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    """The content of ``dataset.json``: what the data claims to be, checked against the data."""
-
-    name: str
-    version: str
-    n_users: int
-    n_items: int
-    n_interactions: int
-    modalities: dict[str, int]  # modality -> feature dim, ordered as in dataset.json
-    splits: dict[str, int]  # "train"/"valid"/"test" -> number of interactions
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in the key order of the contract."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "n_users": int(self.n_users),
-            "n_items": int(self.n_items),
-            "n_interactions": int(self.n_interactions),
-            "modalities": {k: int(v) for k, v in self.modalities.items()},
-            "splits": {k: int(self.splits[k]) for k in SPLIT_NAMES if k in self.splits},
-        }
-
-    @classmethod
-    def from_dict(cls, obj: Any, where: str = "dataset.json") -> "DatasetMeta":
-        """Parse and check a decoded ``dataset.json``; ``where`` names the file in errors."""
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{where}: malformed, expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in _META_KEYS if k not in obj]
-        if missing:
-            raise DatasetError(f"{where}: malformed, missing key(s) {missing}")
-
-        def _count(key: str, value: Any) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise DatasetError(f"{where}: key {key!r} must be a non-negative integer, got {value!r}")
-            return int(value)
-
-        if not isinstance(obj["name"], str):
-            raise DatasetError(f"{where}: key 'name' must be a string, got {obj['name']!r}")
-        if not isinstance(obj["version"], (str, int)) or isinstance(obj["version"], bool):
-            raise DatasetError(f"{where}: key 'version' must be a string, got {obj['version']!r}")
-        mods = obj["modalities"]
-        if not isinstance(mods, dict) or not mods:
-            raise DatasetError(f"{where}: key 'modalities' must be a non-empty object {{name: dim}}, got {mods!r}")
-        modalities: dict[str, int] = {}
-        for m, dim in mods.items():
-            if not m or "/" in m:
-                raise DatasetError(f"{where}: modality name {m!r} is not a valid folder name")
-            d = _count(f"modalities.{m}", dim)
-            if d == 0:
-                raise DatasetError(f"{where}: modality {m!r} has dim 0")
-            if d % 2:
-                # SEA splits each modality's transformed features into a generic and a unique
-                # half (docs/model.md, "Forward pass", step 1), so the dim must be even.
-                raise DatasetError(
-                    f"{where}: modality {m!r} has odd feature dim {d}; SEA splits each modality "
-                    "into generic/unique halves, so dims must be even"
-                )
-            modalities[m] = d
-        sp = obj["splits"]
-        if not isinstance(sp, dict):
-            raise DatasetError(f"{where}: key 'splits' must be an object {{train, valid, test}}, got {sp!r}")
-        missing_sp = [k for k in SPLIT_NAMES if k not in sp]
-        if missing_sp:
-            raise DatasetError(f"{where}: malformed, key 'splits' is missing {missing_sp}")
-        extra_sp = [k for k in sp if k not in SPLIT_NAMES]
-        if extra_sp:
-            raise DatasetError(f"{where}: unknown split name(s) {extra_sp} in 'splits' (expected {list(SPLIT_NAMES)})")
-        return cls(
-            name=obj["name"],
-            version=str(obj["version"]),
-            n_users=_count("n_users", obj["n_users"]),
-            n_items=_count("n_items", obj["n_items"]),
-            n_interactions=_count("n_interactions", obj["n_interactions"]),
-            modalities=modalities,
-            splits={k: _count(f"splits.{k}", sp[k]) for k in SPLIT_NAMES},
-        )
 
 
 @dataclass
@@ -171,186 +82,6 @@ class Dataset:
             raise ValueError(f"split must be 0 (train), 1 (valid) or 2 (test), got {split!r}")
         mask = self.splits == split
         return self.users[mask], self.items[mask]
-
-
-# --------------------------------------------------------------------------------------------
-# filesystem
-
-
-def make_filesystem(root: str, s3_endpoint_url: str = "") -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without scheme) for a local path, ``file://`` or ``s3://`` URI.
-
-    The S3 endpoint override goes through ``client_kwargs["endpoint_url"]`` (S3-compatible
-    stores: MinIO, SeaweedFS, moto). The region is deliberately *not* put into ``client_kwargs``:
-    it comes from ``AWS_DEFAULT_REGION`` (passing ``region_name`` makes bucket creation fail
-    on moto/us-east-1 with InvalidLocationConstraint). Directory listings are not cached, so a
-    long-lived process sees shards that another process wrote after it first looked. The
-    client retries transient faults per request with the botocore retry mode, attempts and
-    timeouts in force (:func:`sea_dist.ops.retry.s3_config_kwargs`, from the ``data`` config).
-    """
-    protocol, path = fsspec.core.split_protocol(root)
-    if protocol in (None, "file", "local"):
-        fs = fsspec.filesystem("file")
-        return fs, os.path.abspath(os.path.expanduser(path))
-    if protocol in ("s3", "s3a"):
-        kwargs: dict[str, Any] = {"use_listings_cache": False, "config_kwargs": s3_config_kwargs()}
-        if s3_endpoint_url:
-            kwargs["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
-        fs = fsspec.filesystem("s3", **kwargs)
-        return fs, fs._strip_protocol(root).rstrip("/")
-    fs = fsspec.filesystem(protocol)  # e.g. memory:// in experiments; no guarantees beyond fsspec's
-    return fs, fs._strip_protocol(root).rstrip("/")
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
-def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A path as the user would write it (with its scheme), for error messages."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
-
-
-def _list_shards(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
-    """``part-*.parquet`` files of a folder, in name order (the order rows are concatenated in)."""
-    return with_retries(
-        lambda: sorted(fs.glob(posixpath.join(folder, _SHARD_GLOB))), f"listing {_display(fs, folder)}"
-    )
-
-
-@contextmanager
-def _decoding(name: str, where: str = "") -> Iterator[None]:
-    """Errors of pyarrow reading a shard: a storage fault (a dropped connection, a timeout, a
-    missing key, a denied request) goes up as itself, to be retried or reported as what it is;
-    only what is left (the bytes arrived and do not decode) calls the shard corrupted."""
-    try:
-        yield
-    except (pa.ArrowException, OSError, ValueError) as e:
-        if isinstance(e, DatasetError) or storage_fault(e) is not None:
-            raise
-        raise DatasetError(f"{name}: corrupted or unreadable Parquet shard ({where}{e})") from e
-
-
-class _Shard:
-    """An open Parquet shard. Decoding errors become DatasetErrors naming the file; transient
-    storage faults are retried (the file reopened first), other storage faults raised as such."""
-
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
-        self.fs, self.path, self.name = fs, path, _display(fs, path)
-        self._fh = None
-        self._pf: pq.ParquetFile | None = None
-        with_retries(self._open, f"opening {self.name}", on_retry=self._drop)
-
-    def _open(self) -> pq.ParquetFile:
-        if self._pf is None:
-            try:
-                with _decoding(self.name):
-                    if _is_local(self.fs):
-                        self._pf = pq.ParquetFile(self.path)
-                    else:
-                        self._fh = self.fs.open(self.path, "rb")
-                        self._pf = pq.ParquetFile(self._fh)
-            except BaseException:
-                self.close()
-                raise
-        return self._pf
-
-    def _drop(self, _error: BaseException | None = None) -> None:
-        """Forget the open file (its connection may be broken); the next read reopens it."""
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - closing a broken handle may fail; it is dropped anyway
-            self._pf = self._fh = None
-
-    @property
-    def pf(self) -> pq.ParquetFile:
-        return self._open()
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.pf.metadata.num_rows)
-
-    def read(self, columns: Sequence[str]) -> pa.Table:
-        def read() -> pa.Table:
-            with _decoding(self.name):
-                return self._open().read(columns=list(columns))
-
-        return with_retries(read, f"reading {self.name}", on_retry=self._drop)
-
-    def read_row_group(self, rg: int, columns: Sequence[str]) -> pa.Table:
-        def read() -> pa.Table:
-            with _decoding(self.name, f"row group {rg}: "):
-                return self._open().read_row_group(rg, columns=list(columns))
-
-        return with_retries(read, f"reading {self.name} row group {rg}", on_retry=self._drop)
-
-    def iter_row_groups(self, columns: Sequence[str]) -> Iterator[pa.Table]:
-        """One row group at a time, so reading a large feature shard needs no second full copy."""
-        for rg in range(self.pf.num_row_groups):
-            yield self.read_row_group(rg, columns)
-
-    def close(self) -> None:
-        pf, fh = self._pf, self._fh
-        self._pf = self._fh = None
-        if pf is not None:
-            pf.close()
-        if fh is not None:
-            fh.close()
-
-    def __enter__(self) -> "_Shard":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _scan_shards(
-    fs: fsspec.AbstractFileSystem, files: Sequence[str], check: Callable[["_Shard"], None]
-) -> list[int]:
-    """Check every shard's schema and return its row count, from the footers only.
-
-    A first pass over footers (cheap) lets the reader fail on a bad schema before reading any
-    data and preallocate exact output arrays; shards are opened one at a time, so thousands of
-    shards never hold thousands of file handles.
-    """
-    counts = []
-    for f in files:
-        with _Shard(fs, f) as sh:
-            check(sh)
-            counts.append(sh.num_rows)
-    return counts
-
-
-def _check_columns(shard: _Shard, expected: Sequence[str]) -> pa.Schema:
-    schema = shard.pf.schema_arrow
-    missing = [c for c in expected if c not in schema.names]
-    if missing:
-        raise DatasetError(
-            f"{shard.name}: missing column(s) {missing} (found {schema.names}; expected {list(expected)})"
-        )
-    return schema
-
-
-def _check_int_column(shard: _Shard, schema: pa.Schema, column: str, want: str) -> None:
-    t = schema.field(column).type
-    if not pa.types.is_integer(t):
-        raise DatasetError(f"{shard.name}: column {column!r} has type {t}, expected {want}")
-
-
-def _check_id_column(shard: _Shard, schema: pa.Schema, column: str, kinds: dict[str, str]) -> None:
-    """An id column must hold integers or strings, of the same kind in every shard that shares
-    ``kinds`` (one dict per id column of the dataset)."""
-    t = schema.field(column).type
-    kind = arrow_id_kind(t)
-    if kind is None:
-        raise DatasetError(f"{shard.name}: column {column!r} has type {t}, expected int64 or string ids")
-    seen = kinds.setdefault("kind", kind)
-    if kind != seen:
-        raise DatasetError(
-            f"{shard.name}: column {column!r} holds {kind} ids where {kinds.get('where', 'earlier shards')} "
-            f"hold {seen} ids (one id kind per column)"
-        )
-    kinds.setdefault("where", shard.name)
 
 
 class _IdIndex:
@@ -390,67 +121,6 @@ class _IdIndex:
         return idx
 
 
-def _non_null_column(shard: _Shard, table: pa.Table, column: str) -> pa.ChunkedArray:
-    col = table.column(column)
-    if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DatasetError(f"{shard.name}: column {column!r} has a null at row {row}")
-    return col
-
-
-def _id_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
-    """An id column as int64 or unicode numpy (:func:`sea_dist.data.ids.ids_to_numpy`); no nulls."""
-    col = _non_null_column(shard, table, column)
-    try:
-        return ids_to_numpy(col)
-    except pa.ArrowInvalid as e:
-        raise DatasetError(f"{shard.name}: column {column!r} does not fit int64 ({e})") from e
-    except ValueError as e:
-        raise DatasetError(f"{shard.name}: column {column!r}: {e}") from e
-
-
-def _int_numpy(shard: _Shard, table: pa.Table, column: str) -> np.ndarray:
-    """An integer column as int64 numpy (narrower ints are accepted and widened; nulls are not)."""
-    col = _non_null_column(shard, table, column)
-    if col.type != pa.int64():
-        try:
-            col = pc.cast(col, pa.int64())  # safe cast: uint64 > 2**63 fails loudly
-        except pa.ArrowInvalid as e:
-            raise DatasetError(f"{shard.name}: column {column!r} does not fit int64 ({e})") from e
-    return col.to_numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# reading
-
-
-def load_meta(root: str, s3_endpoint_url: str = "") -> DatasetMeta:
-    """Read and check only ``dataset.json`` (cheap: for jobs that need counts, not data)."""
-    fs, path = make_filesystem(root, s3_endpoint_url)
-    return _load_meta(fs, path, root)
-
-
-def _load_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMeta:
-    meta_path = posixpath.join(path, "dataset.json")
-    where = _display(fs, meta_path)
-
-    def read() -> bytes:
-        # the key first: s3fs answers "no" for a bucket it cannot reach, whatever the reason,
-        # but raises the real error (denied, connection refused) for a key
-        if not fs.exists(meta_path):
-            if not fs.exists(path):
-                raise DatasetError(f"{root}: dataset root does not exist")
-            raise DatasetError(f"{where}: dataset.json is missing (not a dataset root?)")
-        with fs.open(meta_path, "rb") as f:
-            return f.read()
-
-    raw = with_retries(read, f"reading {where}")
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{where}: malformed JSON ({e})") from e
-    return DatasetMeta.from_dict(obj, where)
-
 
 def _read_features(
     fs: fsspec.AbstractFileSystem, path: str, modality: str, dim: int, id_kinds: dict[str, str] | None = None
@@ -458,42 +128,30 @@ def _read_features(
     """(item ids ascending, float32 [n, dim]) of one modality, checked for dim, order, finiteness."""
     folder = posixpath.join(path, "features", modality)
     if not fs.exists(folder):
-        raise DatasetError(f"{_display(fs, folder)}: feature folder of modality {modality!r} is missing")
-    files = _list_shards(fs, folder)
+        raise DatasetError(f"{display(fs, folder)}: feature folder of modality {modality!r} is missing")
+    files = list_shards(fs, folder)
     if not files:
         raise DatasetError(
-            f"{_display(fs, folder)}: no feature shards ({_SHARD_GLOB}) for modality {modality!r}"
+            f"{display(fs, folder)}: no feature shards ({SHARD_GLOB}) for modality {modality!r}"
         )
 
-    def check(sh: _Shard) -> None:
-        schema = _check_columns(sh, ("item_id", "embedding"))
-        _check_id_column(sh, schema, "item_id", kinds)
-        t = schema.field("embedding").type
-        if not pa.types.is_fixed_size_list(t) or t.value_type not in (pa.float32(), pa.float16()):
-            raise DatasetError(
-                f"{sh.name}: column 'embedding' has type {t}, expected "
-                f"fixed_size_list<float32|float16>[{dim}]"
-            )
-        if t.list_size != dim:
-            raise DatasetError(
-                f"{sh.name}: embedding dim {t.list_size} disagrees with dataset.json "
-                f"(modality {modality!r} has dim {dim})"
-            )
+    def check(sh: Shard) -> None:
+        check_feature_shard(sh, dim, modality, kinds)
 
     kinds: dict[str, str] = {} if id_kinds is None else id_kinds
-    counts = _scan_shards(fs, files, check)
+    counts = scan_shards(fs, files, check)
     n = int(sum(counts))
     id_parts: list[np.ndarray] = []
     feats = np.empty((n, dim), dtype=np.float32)
     pos = 0
     for f in files:
-        with _Shard(fs, f) as sh:
+        with Shard(fs, f) as sh:
             file_start = pos
-            for table in sh.iter_row_groups(("item_id", "embedding")):
+            for table in sh.iter_row_groups(FEATURE_COLUMNS):
                 k = table.num_rows
                 if pos + k > n:
                     raise DatasetError(f"{sh.name}: more rows than its footer declares")
-                group_ids = _id_numpy(sh, table, "item_id")
+                group_ids = id_numpy(sh, table, "item_id")
                 id_parts.append(group_ids)
                 emb = table.column("embedding")
                 if emb.null_count:
@@ -521,7 +179,7 @@ def _read_features(
                         )
                 pos += k
     if pos != n:
-        raise DatasetError(f"{_display(fs, folder)}: read {pos} rows, footers declare {n}")
+        raise DatasetError(f"{display(fs, folder)}: read {pos} rows, footers declare {n}")
     ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int64)
 
     if n > 1:
@@ -531,7 +189,7 @@ def _read_features(
         if bad.size:
             r = int(bad[0]) + 1
             f_idx = int(np.searchsorted(np.cumsum(counts), r, side="right"))
-            fname = _display(fs, files[f_idx])
+            fname = display(fs, files[f_idx])
             row = r - (int(np.sum(counts[:f_idx])))
             if same[r - 1]:
                 raise DatasetError(
@@ -545,11 +203,12 @@ def _read_features(
     return ids, feats
 
 
+
 def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     """Load and validate a dataset root; raise :class:`DatasetError` on any contract breach."""
     fs, path = make_filesystem(root, s3_endpoint_url)
-    meta = _load_meta(fs, path, root)
-    meta_where = _display(fs, posixpath.join(path, "dataset.json"))
+    meta = read_meta(fs, path, root)
+    meta_where = display(fs, posixpath.join(path, "dataset.json"))
 
     # --- features: they define the item universe --------------------------------------------
     features: dict[str, np.ndarray] = {}
@@ -561,7 +220,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
         if item_raw_ids is None:
             item_raw_ids, first = ids, modality
         elif not np.array_equal(ids, item_raw_ids):
-            folder = _display(fs, posixpath.join(path, "features", modality))
+            folder = display(fs, posixpath.join(path, "features", modality))
             missing = np.setdiff1d(item_raw_ids, ids)
             extra = np.setdiff1d(ids, item_raw_ids)
             detail = []
@@ -578,20 +237,20 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
 
     # --- interactions ---------------------------------------------------------------------------
     ifolder = posixpath.join(path, "interactions")
-    files = _list_shards(fs, ifolder)
+    files = list_shards(fs, ifolder)
     if not files:
-        raise DatasetError(f"{_display(fs, ifolder)}: no interaction shards ({_SHARD_GLOB})")
+        raise DatasetError(f"{display(fs, ifolder)}: no interaction shards ({SHARD_GLOB})")
 
     user_kinds: dict[str, str] = {}
     interaction_item_kinds = dict(item_kinds, where=f"features/{first}/")
 
-    def check(sh: _Shard) -> None:
-        schema = _check_columns(sh, _INTERACTION_COLUMNS)
-        _check_id_column(sh, schema, "user_id", user_kinds)
-        _check_id_column(sh, schema, "item_id", interaction_item_kinds)
-        _check_int_column(sh, schema, "split", "int8")
+    def check(sh: Shard) -> None:
+        schema = check_columns(sh, _INTERACTION_COLUMNS)
+        check_id_column(sh, schema, "user_id", user_kinds)
+        check_id_column(sh, schema, "item_id", interaction_item_kinds)
+        check_int_column(sh, schema, "split", "int8")
 
-    counts = np.array(_scan_shards(fs, files, check), dtype=np.int64)
+    counts = np.array(scan_shards(fs, files, check), dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_edges = int(offsets[-1])
     string_users = user_kinds.get("kind") not in (None, INT)
@@ -604,19 +263,19 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     splits = np.empty(n_edges, dtype=np.int8)
     item_index = _IdIndex(item_raw_ids)
     for k, f in enumerate(files):
-        with _Shard(fs, f) as sh:
+        with Shard(fs, f) as sh:
             table = sh.read(_INTERACTION_COLUMNS)
             lo, hi = int(offsets[k]), int(offsets[k]) + table.num_rows
             if table.num_rows != counts[k]:
                 raise DatasetError(f"{sh.name}: read {table.num_rows} rows, footer declares {counts[k]}")
-            shard_users = _id_numpy(sh, table, "user_id")
+            shard_users = id_numpy(sh, table, "user_id")
             if string_users:
                 distinct, index = np.unique(shard_users, return_inverse=True)
                 shard_user_ids.append((lo, distinct, index.reshape(-1).astype(np.int64)))
                 del shard_users
             else:
                 users_raw[lo:hi] = shard_users
-            s = _int_numpy(sh, table, "split")
+            s = int_numpy(sh, table, "split")
             bad = np.flatnonzero((s < 0) | (s > 2))
             if bad.size:
                 r = int(bad[0])
@@ -625,7 +284,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
                     f"({bad.size} such rows)"
                 )
             splits[lo:hi] = s
-            it_raw = _id_numpy(sh, table, "item_id")
+            it_raw = id_numpy(sh, table, "item_id")
             idx = item_index(it_raw)
             unknown = np.flatnonzero(idx < 0)
             if unknown.size:
@@ -639,7 +298,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
 
     def _where(global_row: int) -> str:
         k = int(np.searchsorted(offsets, global_row, side="right")) - 1
-        return f"{_display(fs, files[k])} row {global_row - int(offsets[k])}"
+        return f"{display(fs, files[k])} row {global_row - int(offsets[k])}"
 
     if string_users:
         user_raw_ids = sorted_unique(np.concatenate([d for _, d, _ in shard_user_ids]))
@@ -662,7 +321,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
             rows = np.flatnonzero(keys == key)[:2]
             r0 = int(rows[0])
             raise DatasetError(
-                f"{_display(fs, ifolder)}: duplicate interaction (user_id {user_raw_ids[users[r0]]}, "
+                f"{display(fs, ifolder)}: duplicate interaction (user_id {user_raw_ids[users[r0]]}, "
                 f"item_id {item_raw_ids[items[r0]]}) at {_where(int(rows[0]))} and {_where(int(rows[1]))} "
                 f"({dup.size} duplicate rows in all)"
             )
@@ -671,7 +330,7 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
     split_counts = np.bincount(splits.astype(np.int64), minlength=3)
     for code, name in enumerate(SPLIT_NAMES):
         if split_counts[code] == 0:
-            raise DatasetError(f"{_display(fs, ifolder)}: split {name!r} (split == {code}) has no interactions")
+            raise DatasetError(f"{display(fs, ifolder)}: split {name!r} (split == {code}) has no interactions")
 
     # --- counts claimed by dataset.json --------------------------------------------------------
     actual = {
@@ -699,114 +358,3 @@ def load_dataset(root: str, s3_endpoint_url: str = "") -> Dataset:
         splits=splits,
         features=features,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-
-
-def _write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table, **kwargs: Any) -> None:
-    if _is_local(fs):
-        pq.write_table(table, path, **kwargs)
-    else:
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f, **kwargs)
-
-
-def _clear_shards(fs: fsspec.AbstractFileSystem, folder: str) -> None:
-    """Remove old shards, so a rewrite with fewer shards leaves no stale ``part-*`` behind."""
-    old = _list_shards(fs, folder) if fs.exists(folder) else []
-    if old:
-        fs.rm(old)
-
-
-def write_dataset(
-    root: str,
-    meta: DatasetMeta,
-    users_raw: np.ndarray,
-    items_raw: np.ndarray,
-    splits: np.ndarray,
-    features: dict[str, np.ndarray],
-    item_raw_ids: np.ndarray,
-    *,
-    interactions_per_shard: int = 1_000_000,
-    items_per_shard: int = 100_000,
-    row_group_size: int = 8192,
-    feature_dtype: str = "float32",
-    s3_endpoint_url: str = "",
-) -> None:
-    """Write a dataset root in the contract's layout; ``dataset.json`` goes last.
-
-    ``features[m]`` is float32 ``[n_items, dim]`` with row ``j`` belonging to ``item_raw_ids[j]``
-    (any order: rows are sorted by item id on the way out, as the contract requires).
-    Interactions are written in the given order. Only shapes are checked here; semantic checks
-    (counts, duplicates, unknown ids, ...) are :func:`load_dataset`'s job, so tests and tools can
-    still write deliberately broken data. Feature shards use ``fixed_size_list`` without
-    dictionary encoding (self-describing, ~2x faster to read than with dictionaries) and row
-    groups of ``row_group_size`` rows, the unit of ranged reads by the feature fetcher.
-    """
-    if feature_dtype not in ("float32", "float16"):
-        raise ValueError(f"feature_dtype must be 'float32' or 'float16', got {feature_dtype!r}")
-    users_raw = as_raw_ids(users_raw)
-    items_raw = as_raw_ids(items_raw)
-    splits = np.asarray(splits, dtype=np.int8)
-    item_raw_ids = as_raw_ids(item_raw_ids)
-    if not (users_raw.shape == items_raw.shape == splits.shape) or users_raw.ndim != 1:
-        raise ValueError(
-            f"users_raw, items_raw, splits must be 1-d of equal length, got shapes "
-            f"{users_raw.shape}, {items_raw.shape}, {splits.shape}"
-        )
-    if list(features) != list(meta.modalities):
-        raise ValueError(f"features modalities {list(features)} != meta.modalities {list(meta.modalities)}")
-    for m, arr in features.items():
-        if arr.ndim != 2 or arr.shape != (item_raw_ids.size, meta.modalities[m]):
-            raise ValueError(
-                f"features[{m!r}] has shape {arr.shape}, expected ({item_raw_ids.size}, {meta.modalities[m]})"
-            )
-
-    fs, path = make_filesystem(root, s3_endpoint_url)
-    fs.makedirs(path, exist_ok=True)
-
-    ifolder = posixpath.join(path, "interactions")
-    fs.makedirs(ifolder, exist_ok=True)
-    _clear_shards(fs, ifolder)
-    n_edges = users_raw.size
-    n_ishards = max(1, -(-n_edges // max(1, interactions_per_shard)))
-    for k in range(n_ishards):
-        lo, hi = k * interactions_per_shard, min(n_edges, (k + 1) * interactions_per_shard)
-        table = pa.table(
-            {
-                "user_id": ids_to_arrow(users_raw[lo:hi]),
-                "item_id": ids_to_arrow(items_raw[lo:hi]),
-                "split": pa.array(splits[lo:hi], pa.int8()),
-            }
-        )
-        _write_table(fs, posixpath.join(ifolder, f"part-{k:05d}.parquet"), table)
-
-    order = np.argsort(item_raw_ids, kind="stable")
-    sorted_ids = item_raw_ids[order]
-    np_dtype = np.float16 if feature_dtype == "float16" else np.float32
-    pa_dtype = pa.float16() if feature_dtype == "float16" else pa.float32()
-    n_items = sorted_ids.size
-    n_fshards = max(1, -(-n_items // max(1, items_per_shard)))
-    for m, arr in features.items():
-        dim = meta.modalities[m]
-        folder = posixpath.join(path, "features", m)
-        fs.makedirs(folder, exist_ok=True)
-        _clear_shards(fs, folder)
-        for k in range(n_fshards):
-            lo, hi = k * items_per_shard, min(n_items, (k + 1) * items_per_shard)
-            vals = np.ascontiguousarray(arr[order[lo:hi]], dtype=np_dtype).reshape(-1)
-            emb = pa.FixedSizeListArray.from_arrays(pa.array(vals, pa_dtype), dim)
-            table = pa.table({"item_id": ids_to_arrow(sorted_ids[lo:hi]), "embedding": emb})
-            _write_table(
-                fs,
-                posixpath.join(folder, f"part-{k:05d}.parquet"),
-                table,
-                row_group_size=row_group_size,
-                use_dictionary=False,
-            )
-
-    with fs.open(posixpath.join(path, "dataset.json"), "wb") as f:
-        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
-    fs.invalidate_cache()

@@ -42,7 +42,7 @@ A row group read is many requests (pre-buffered ranged GETs issued by pyarrow th
 object). botocore retries each request (``data.s3_max_attempts``); when a read still fails
 with a transient fault (a connection dropped half way through a body, an endpoint gone for
 longer than botocore's attempts), the shard's file is dropped and reopened and the row group
-read again (:func:`sea_dist.ops.retry.with_retries`, ``data.storage_retries`` attempts),
+read again (:func:`sea_dist.storage.retry.with_retries`, ``data.storage_retries`` attempts),
 counted in :attr:`FetchStats.retries`. Reads are idempotent, so a retried fetch returns the
 same rows. Permanent faults (missing key, access denied) are raised as themselves; only bytes
 that arrived and do not decode are reported as a corrupted shard (:class:`DatasetError`).
@@ -58,90 +58,26 @@ import posixpath
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sea_dist.data.ids import INT, as_raw_ids, ids_to_numpy, numpy_id_kind
-from sea_dist.data.dataset import (
-    DatasetError,
-    _check_columns,
-    _check_id_column,
-    _display,
-    _is_local,
-    _list_shards,
-    _decoding,
-    _Shard,
-    _SHARD_GLOB,
-    make_filesystem,
-)
-from sea_dist.ops.retry import with_retries
+from sea_dist.data.fetch_stats import FetchStats
+from sea_dist.storage.errors import DatasetError
+from sea_dist.storage.fs import display, is_local, make_filesystem
+from sea_dist.storage.ids import INT, as_raw_ids, ids_to_numpy, numpy_id_kind
+from sea_dist.storage.retry import with_retries
+from sea_dist.storage.schema import FEATURE_COLUMNS, check_feature_shard, item_id_column, statistics_bounds
+from sea_dist.storage.shards import SHARD_GLOB, Shard, decoding, list_shards
 
-__all__ = ["FetchStats", "FeatureStore", "open_feature_stores"]
+__all__ = ["FeatureStore", "open_feature_stores"]
 
-
-def _item_id_column(md: pq.FileMetaData) -> int:
-    return next(j for j in range(md.num_columns) if md.schema.column(j).path == "item_id")
-
-
-def _statistics_bounds(st, kind: str) -> tuple | None:
-    """A row group's (min, max) item id from its footer, or None when absent or undecodable
-    (a truncated string bound can end inside a UTF-8 sequence)."""
-    if st is None or not st.has_min_max:
-        return None
-    as_id = int if kind == INT else str
-    try:
-        return as_id(st.min), as_id(st.max)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("item_id", "embedding")
 _MAX_OPEN_FILES = 16
-
-
-@dataclass
-class FetchStats:
-    """Counters of one store since its last reset (``hits + misses == rows_served``).
-
-    ``bytes_read``: compressed bytes of the column chunks read (from the footers' row-group
-    metadata: what a ranged read moves); ``seconds``: wall time inside :meth:`FeatureStore.fetch`;
-    ``row_groups_read``: row groups read from storage; ``row_groups_cached``: candidate row
-    groups served from the cache; ``row_groups_skipped``: row groups ruled out by their
-    statistics (summed over fetches); ``rows_served``: requested rows, duplicates included;
-    ``cache_hits``/``cache_misses``: requested rows whose row group was / was not in the cache
-    when the fetch reached it; ``retries``: row group reads retried after a transient storage
-    fault (see the module docstring).
-    """
-
-    fetches: int = 0
-    bytes_read: int = 0
-    seconds: float = 0.0
-    row_groups_read: int = 0
-    row_groups_cached: int = 0
-    row_groups_skipped: int = 0
-    rows_served: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    retries: int = 0
-
-    def snapshot(self) -> "FetchStats":
-        """A copy of the counters now."""
-        return replace(self)
-
-    def reset(self) -> "FetchStats":
-        """Zero the counters; returns what they were (a snapshot)."""
-        before = self.snapshot()
-        for k, v in asdict(FetchStats()).items():
-            setattr(self, k, v)
-        return before
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FeatureStore:
@@ -161,7 +97,7 @@ class FeatureStore:
         self.s3_endpoint_url = s3_endpoint_url
         self.fs, path = make_filesystem(root, s3_endpoint_url)
         self.folder = posixpath.join(path, "features", modality)
-        self.where = _display(self.fs, self.folder)
+        self.where = display(self.fs, self.folder)
         self.stats = FetchStats()
         self._init_state()
         self._scan(dim)
@@ -171,10 +107,10 @@ class FeatureStore:
 
     def _scan(self, dim: int | None) -> None:
         fs = self.fs
-        files = _list_shards(fs, self.folder) if fs.exists(self.folder) else []
+        files = list_shards(fs, self.folder) if fs.exists(self.folder) else []
         if not files:
             raise DatasetError(
-                f"{self.where}: no feature shards ({_SHARD_GLOB}) for modality {self.modality!r}"
+                f"{self.where}: no feature shards ({SHARD_GLOB}) for modality {self.modality!r}"
             )
         self.files: list[str] = files
         self._meta: list[pq.FileMetaData] = []
@@ -184,29 +120,17 @@ class FeatureStore:
         value_type = None
         kinds: dict[str, str] = {}
         for s, f in enumerate(files):
-            with _Shard(fs, f) as sh:
-                schema = _check_columns(sh, _COLUMNS)
-                _check_id_column(sh, schema, "item_id", kinds)
-                t = schema.field("embedding").type
-                if not pa.types.is_fixed_size_list(t) or t.value_type not in (pa.float32(), pa.float16()):
-                    raise DatasetError(
-                        f"{sh.name}: column 'embedding' has type {t}, expected "
-                        f"fixed_size_list<float32|float16>[{dim if dim else 'dim'}]"
-                    )
+            with Shard(fs, f) as sh:
+                t = check_feature_shard(sh, dim, self.modality, kinds, dim_from="the expected dim")
                 if dim is None:
                     dim = int(t.list_size)
-                if t.list_size != dim:
-                    raise DatasetError(
-                        f"{sh.name}: embedding dim {t.list_size} disagrees with the expected dim {dim} "
-                        f"(modality {self.modality!r})"
-                    )
                 if value_type is None:
                     value_type = t.value_type
                 md = sh.pf.metadata
                 self._meta.append(md)
                 self._sizes.append(getattr(sh._fh, "size", None) if sh._fh is not None else None)
                 self._names.append(sh.name)
-                id_col = _item_id_column(md)
+                id_col = item_id_column(md)
                 want = [
                     j for j in range(md.num_columns)
                     if md.schema.column(j).path == "item_id" or md.schema.column(j).path.startswith("embedding.")
@@ -216,7 +140,7 @@ class FeatureStore:
                     if rg.num_rows == 0:
                         continue
                     st = rg.column(id_col).statistics
-                    bounds = _statistics_bounds(st, kinds["kind"])
+                    bounds = statistics_bounds(st, kinds["kind"])
                     gmin, gmax = bounds if bounds else self._ids_without_stats(sh, g, id_col)
                     lo.append(gmin)
                     hi.append(gmax)
@@ -262,11 +186,11 @@ class FeatureStore:
         lo, hi = self._rg_min.tolist(), self._rg_max.tolist()
         for g in groups:
             s, local = int(self._rg_shard[g]), int(self._rg_local[g])
-            with _Shard(self.fs, self.files[s]) as sh:
-                lo[g], hi[g] = self._ids_without_stats(sh, local, _item_id_column(sh.pf.metadata))
+            with Shard(self.fs, self.files[s]) as sh:
+                lo[g], hi[g] = self._ids_without_stats(sh, local, item_id_column(sh.pf.metadata))
         self._rg_min, self._rg_max = as_raw_ids(lo), as_raw_ids(hi)
 
-    def _ids_without_stats(self, sh: _Shard, g: int, id_col: int) -> tuple[int, int]:
+    def _ids_without_stats(self, sh: Shard, g: int, id_col: int) -> tuple[int, int]:
         """Min/max of a row group whose footer lacks (exact) statistics: read its id column once."""
         log.warning("%s: row group %d has no exact item_id statistics; reading its ids to index it", sh.name, g)
         ids = np.sort(ids_to_numpy(sh.read_row_group(g, ["item_id"]).column("item_id")))
@@ -357,8 +281,8 @@ class FeatureStore:
 
         def read() -> pa.Table:
             pf = self._parquet_file(s)
-            with _decoding(name, f"row group {local}: "):
-                return pf.read_row_group(local, columns=list(_COLUMNS))
+            with decoding(name, f"row group {local}: "):
+                return pf.read_row_group(local, columns=list(FEATURE_COLUMNS))
 
         def reopen(_error: BaseException) -> None:
             self.stats.retries += 1
@@ -409,8 +333,8 @@ class FeatureStore:
             self._open.move_to_end(s)
             return hit[0]
         path, md = self.files[s], self._meta[s]
-        with _decoding(self._names[s]):
-            if _is_local(self.fs):
+        with decoding(self._names[s]):
+            if is_local(self.fs):
                 fh = None
                 pf = pq.ParquetFile(path, metadata=md, pre_buffer=True)
             else:

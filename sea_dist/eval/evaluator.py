@@ -19,7 +19,7 @@ from sea_dist.eval.ranking import (
     popularity_embeddings,
     shard_slice,
 )
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 
 SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
 

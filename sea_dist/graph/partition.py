@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sea_dist.data.ids import as_raw_ids
+from sea_dist.storage.ids import as_raw_ids
 from sea_dist.graph.dgl_compat import dgl
 
 log = logging.getLogger(__name__)

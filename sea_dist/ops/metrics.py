@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from prometheus_client import (
@@ -118,6 +119,18 @@ class TrainingMetrics:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, port)
         return server
+
+
+def worker_metrics(cfg: Any, rank: str, local_rank: int, dataset_version: str) -> TrainingMetrics | None:
+    """One worker's metrics, served on its port; None when ``metrics.port`` is 0 (off).
+
+    ``cfg`` is a :class:`sea_dist.config.Config` (its ``metrics`` and ``train.run_name``).
+    """
+    if not cfg.metrics.port:
+        return None
+    metrics = TrainingMetrics(MetricsIdentity(cfg.train.run_name, rank, dataset_version))
+    metrics.serve(cfg.metrics.host, worker_port(cfg.metrics.port, local_rank))
+    return metrics
 
 
 def worker_port(base_port: int, local_rank: int) -> int:

@@ -2,7 +2,7 @@
 
 ``metrics.jsonl`` grows by one line per epoch; ``summary.json`` and the embeddings are written
 at the end by rank 0. Everything goes through fsspec, so ``--output-dir s3://...`` works.
-Every write is one retried operation (:func:`sea_dist.ops.retry.with_retries`): a write that
+Every write is one retried operation (:func:`sea_dist.storage.retry.with_retries`): a write that
 failed on a transient storage fault is redone whole (object stores never show half a PUT).
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from sea_dist.data.dataset import make_filesystem
-from sea_dist.data.ids import ids_to_arrow
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.storage.ids import ids_to_arrow
+from sea_dist.storage.retry import with_retries
 
 
 def embedding_table(raw_ids: np.ndarray, embeddings: torch.Tensor, id_column: str) -> pa.Table:

@@ -15,7 +15,7 @@ the orphaned prefix is removed by the next successful publish. The manifest list
 file with its size, so a reader can verify it has the whole model.
 
 Every read, listing and write is retried on transient storage faults
-(:func:`sea_dist.ops.retry.with_retries`); run prefixes are found from the files under
+(:func:`sea_dist.storage.retry.with_retries`); run prefixes are found from the files under
 ``runs/``, not from a delimiter listing, because some stores (SeaweedFS) keep listing a
 prefix as a folder after its last object is deleted.
 """
@@ -28,8 +28,8 @@ import time
 
 from fsspec.implementations.local import LocalFileSystem
 
-from sea_dist.data.dataset import make_filesystem
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.storage.retry import with_retries
 
 MANIFEST = "MANIFEST.json"
 RUNS = "runs"

@@ -32,7 +32,6 @@ import logging
 import os
 import posixpath
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,13 +43,15 @@ import pyarrow.parquet as pq
 import torch
 
 from sea_dist.config import Config
-from sea_dist.data.dataset import DatasetError, load_dataset, make_filesystem
-from sea_dist.data.ids import ids_to_arrow
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.dataset import load_dataset
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.storage.ids import ids_to_arrow
 from sea_dist.graph.ann import topk_cosine
 from sea_dist.graph.knn import mixed_knn_graph
 from sea_dist.graph.partition import choose_part_method, write_partitions
 from sea_dist.model.normalization import modality_mix_weights
-from sea_dist.ops.retry import configure_storage, with_retries
+from sea_dist.storage.retry import configure_storage, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,6 @@ class Prepared:
     @property
     def num_parts(self) -> int:
         return int(self.manifest["partitions"]["num_parts"])
-
-
-def _say(message: str) -> None:
-    """Progress for a person watching a long job (stderr; stdout stays for results)."""
-    print(f"[prepare] {message}", file=sys.stderr, flush=True)
 
 
 def _peak_rss_mb() -> float:
@@ -181,25 +177,25 @@ def run_prepare(cfg: Config) -> Prepared:
     uri = scheme + folder
     existing = None if cfg.prepare.force else _read_manifest(fs, posixpath.join(folder, MANIFEST))
     if existing is not None:
-        _say(f"{uri} is up to date (same inputs and settings): nothing to do")
+        log.info(f"[prepare] {uri} is up to date (same inputs and settings): nothing to do")
         return Prepared(uri, existing, reused=True)
 
     started = time.monotonic()
     timings: dict[str, float] = {}
-    _say(f"building {uri}")
+    log.info(f"[prepare] building {uri}")
 
     tick = time.monotonic()
-    _say("loading and validating the dataset")
+    log.info("[prepare] loading and validating the dataset")
     ds = with_retries(lambda: load_dataset(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}")
     train_users, train_items = ds.split_edges(0)
     timings["load_s"] = time.monotonic() - tick
-    _say(f"{ds.n_users:,} users, {ds.n_items:,} items, {len(train_users):,} train interactions "
-         f"({timings['load_s']:.1f}s)")
+    log.info(f"[prepare] {ds.n_users:,} users, {ds.n_items:,} items, {len(train_users):,} train interactions "
+             f"({timings['load_s']:.1f}s)")
 
     tick = time.monotonic()
     approximate = ds.n_items > cfg.prepare.exact_knn_max_items
     knn_method = "ivf" if approximate else "exact"
-    _say(f"kNN graphs (k={cfg.graph.knn_k}, {knn_method}) for {', '.join(ds.features)}")
+    log.info(f"[prepare] kNN graphs (k={cfg.graph.knn_k}, {knn_method}) for {', '.join(ds.features)}")
 
     def search(features: np.ndarray, k: int) -> torch.Tensor:
         return topk_cosine(
@@ -213,7 +209,7 @@ def run_prepare(cfg: Config) -> Prepared:
     mix = modality_mix_weights(list(ds.features), cfg.graph.mm_image_weight, cfg.graph.modality_weights)
     knn_rows, knn_cols, knn_w = mixed_knn_graph(ds.features, cfg.graph.knn_k, mix, cfg.graph.knn_block_size, search)
     timings["knn_s"] = time.monotonic() - tick
-    _say(f"kNN: {knn_rows.numel():,} edges ({timings['knn_s']:.1f}s)")
+    log.info(f"[prepare] kNN: {knn_rows.numel():,} edges ({timings['knn_s']:.1f}s)")
 
     # release what the partitioner does not need before its memory-hungry passes
     held_out = {s: ds.split_edges(s) for s in (1, 2)}
@@ -230,13 +226,13 @@ def run_prepare(cfg: Config) -> Prepared:
     scratch = tempfile.mkdtemp(prefix="sea_prepare_", dir=scratch_parent)
     try:
         tick = time.monotonic()
-        _say(f"partitioning into {num_parts} parts ({method})")
+        log.info(f"[prepare] partitioning into {num_parts} parts ({method})")
         layout = write_partitions(
             n_users, n_items, train_users, train_items, knn_rows, knn_cols, knn_w,
             user_raw, item_raw, num_parts, method, os.path.join(scratch, "partitions"),
         )
         timings["partition_s"] = time.monotonic() - tick
-        _say(f"partitioned ({timings['partition_s']:.1f}s)")
+        log.info(f"[prepare] partitioned ({timings['partition_s']:.1f}s)")
 
         tick = time.monotonic()
         _write_id_maps(scratch, layout, user_raw, item_raw, train_users, train_items)
@@ -244,7 +240,7 @@ def run_prepare(cfg: Config) -> Prepared:
         timings["id_maps_s"] = time.monotonic() - tick
 
         tick = time.monotonic()
-        _say(f"uploading to {uri}")
+        log.info(f"[prepare] uploading to {uri}")
         def clear() -> None:  # an interrupted earlier attempt (no manifest): start clean
             if fs.exists(folder):
                 fs.rm(folder, recursive=True)
@@ -282,7 +278,7 @@ def run_prepare(cfg: Config) -> Prepared:
         lambda: fs.pipe_file(posixpath.join(folder, MANIFEST), json.dumps(manifest, indent=2).encode()),
         f"writing {uri}/{MANIFEST}",
     )
-    _say(f"done in {timings['total_s']:.1f}s: {uri} ({uploaded / 1e6:.1f} MB)")
+    log.info(f"[prepare] done in {timings['total_s']:.1f}s: {uri} ({uploaded / 1e6:.1f} MB)")
     return Prepared(uri, manifest, reused=False)
 
 

@@ -24,7 +24,7 @@ import posixpath
 
 import torch
 
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.retry import with_retries
 
 CHECKPOINT_FILE = "state.pt"
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from sea_dist.graph.build import ITEM_TO_USER, USER_TO_ITEM
 from sea_dist.model.normalization import symmetric_norm
 from sea_dist.model.sea import SEA
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 
 
 @dataclass

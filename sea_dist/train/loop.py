@@ -25,9 +25,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sea_dist.config import Config
-from sea_dist.config_cli import config_to_dict
+from sea_dist.config import config_to_dict
 from sea_dist.data.dataset import Dataset, load_dataset
-from sea_dist.data.ids import ids_to_state
+from sea_dist.storage.ids import ids_to_state
 from sea_dist.train.progress import StepProgress
 from sea_dist.eval.evaluator import Evaluator
 from sea_dist.graph.build import TrainGraph, build_train_graph
@@ -41,9 +41,9 @@ from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.publish import Publisher, config_fingerprint
 from sea_dist.ops.redact import redact_config, redact_uri
 from sea_dist.ops.report import render_report
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.retry import with_retries
 from sea_dist.train.checkpoint import save_checkpoint
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.early_stopping import early_stopping
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
 from sea_dist.train.lr_schedule import lr_at, scaled_lr, set_lr

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 import torch
 
 from sea_dist.config import Config
-from sea_dist.data.dataset import make_filesystem
+from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.feature_store import open_feature_stores
-from sea_dist.data.ids import ids_to_numpy
+from sea_dist.storage.ids import ids_to_numpy
 from sea_dist.eval.evaluator import Evaluator
 from sea_dist.graph.build import TrainGraph
 from sea_dist.graph.partition import load_local_partition
@@ -48,10 +48,10 @@ from sea_dist.model.blocks import MiniBatch
 from sea_dist.ops.publish import Publisher
 from sea_dist.ops.outputs import RunOutputs
 from sea_dist.ops.redact import redact_uri
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.retry import with_retries
 from sea_dist.prepare.job import load_prepared
 from sea_dist.train.checkpoint import save_checkpoint, save_rank_checkpoint
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.epoch_data import NegativeSampler
 from sea_dist.train.exact_inference import HaloExchange, LocalOperators, exact_partition_embeddings
 from sea_dist.train.loop import EpochTimes, Trainer, peak_rss_mb

@@ -12,8 +12,9 @@ import os
 from dataclasses import replace
 
 from sea_dist.config import Config
-from sea_dist.config_cli import ConfigError
-from sea_dist.data.dataset import DatasetError, DatasetMeta
+from sea_dist.config import ConfigError
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import DatasetMeta
 from sea_dist.ops.publish import Publisher, PublishError
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from sea_dist.model.sea import UserTables, _xavier_normal_std
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.sparse_tables import sparse_embeddings, synchronize_sparse_gradients
 
 #: Rows per init chunk. Part of the init's definition: changing it changes the initial values.

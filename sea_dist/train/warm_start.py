@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sea_dist.data.dataset import DatasetError
-from sea_dist.data.ids import ids_from_state, numpy_id_kind, same_kind
+from sea_dist.storage.errors import DatasetError
+from sea_dist.storage.ids import ids_from_state, numpy_id_kind, same_kind
 from sea_dist.ops.publish import Publisher
-from sea_dist.ops.retry import with_retries
+from sea_dist.storage.retry import with_retries
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = SyntheticSpec(

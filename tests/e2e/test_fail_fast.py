@@ -65,6 +65,6 @@ def test_bad_data_inside_workers_fails_once_without_tracebacks(tiny_root, tmp_pa
     assert where in line and "NaN" in line  # an absolute path: resolved against cwd
     # no worker traceback (Ray's own actors may still log theirs on an overloaded machine)
     assert "Error in training function" not in result.stderr
-    assert "sea_dist.data.dataset.DatasetError" not in result.stderr
+    assert "sea_dist.storage.errors.DatasetError" not in result.stderr
     assert not [l for l in result.stderr.splitlines() if "(RayTrainWorker" in l and "Traceback" in l]
     assert RAY_STARTED in result.stderr and not (tmp_path / "out" / "MANIFEST.json").exists()

@@ -41,7 +41,7 @@ HOW: dict[str, str] = {
         "external: reaches download.pytorch.org, which CI cannot; CI takes the same CPU wheel from disk "
         "through the install command above",
     'pip install -c constraints.txt torch==2.13.0 -e ".[examples]" && pip install -c constraints.txt --no-deps recbole==1.2.1': "ci",
-    "python -m sea_dist.data.examples movielens-100k --out data/ml-100k": "test: test_quick_start_and_real_data",
+    "python -m sea_dist.sources.examples movielens-100k --out data/ml-100k": "test: test_quick_start_and_real_data",
     "python jobs/train.py data.root=data/ml-100k --output-dir runs/ml-100k": "test: test_quick_start_and_real_data",
     "python jobs/train.py --help": "test: test_help",
     "python jobs/train.py --config configs/smoke.toml --full-graph": "test: test_full_graph",
@@ -135,7 +135,7 @@ RUNS: dict[str, list[str]] = {
     "test_help": ["python jobs/train.py --help"],
     "test_quick_start_and_real_data": [
         "python jobs/train.py",
-        "python -m sea_dist.data.examples movielens-100k --out data/ml-100k",
+        "python -m sea_dist.sources.examples movielens-100k --out data/ml-100k",
         "python jobs/train.py data.root=data/ml-100k --output-dir runs/ml-100k",
     ],
     "test_full_graph": ["python jobs/train.py --config configs/smoke.toml --full-graph"],

@@ -29,7 +29,7 @@ def _python(args, env_extra):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_partitioned_job_on_seaweedfs(seaweedfs):  # noqa: F811 - the fixture
-    from sea_dist.data.dataset import make_filesystem
+    from sea_dist.storage.fs import make_filesystem
     from sea_dist.ops.publish import Publisher
 
     store, url = seaweedfs, seaweedfs.url
@@ -39,7 +39,7 @@ def test_partitioned_job_on_seaweedfs(seaweedfs):  # noqa: F811 - the fixture
 
     # generate, into the store
     gen = _python(
-        ["-m", "sea_dist.data.synthetic", "--users", str(TINY.n_users), "--items", str(TINY.n_items),
+        ["-m", "sea_dist.sources.synthetic", "--users", str(TINY.n_users), "--items", str(TINY.n_items),
          "--interactions", str(TINY.n_interactions), "--image-dim", "16", "--text-dim", "8",
          "--name", TINY.name, "--out", root, "--s3-endpoint-url", url],
         env,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pyarrow.fs
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.ops.retry import configure_storage, s3_config_kwargs
-from sea_dist.train.launcher import storage_for
+from sea_dist.config import apply_overrides
+from sea_dist.storage.retry import configure_storage, s3_config_kwargs
+from sea_dist.train.ray_run import storage_for
 
 
 def test_s3_checkpoints_use_our_filesystem_with_or_without_an_endpoint():

@@ -12,7 +12,7 @@ from sea_dist.model.objective import (
     gather_fitting_pairs,
     merge_identical_rows,
 )
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from tests.dist_utils import run_distributed
 
 TOL = 1e-6

@@ -150,14 +150,14 @@ def test_fit_club_with_zero_steps_leaves_q_alone():
 # ---- through the Trainer: the pairs of a real step, and Q outside the main optimizers ---------
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 
     spec = SyntheticSpec(n_users=60, n_items=40, n_interactions=600, modalities={"image": 8, "text": 4}, name="club")
     return write_synthetic(spec, str(tmp_path_factory.mktemp("club") / "data"))
 
 
 def _trainer(root, out, mode, full_graph, inner_steps, steps_per_epoch):
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import Trainer
 
     cfg = Config()

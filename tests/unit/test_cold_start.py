@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.data.dataset import DatasetMeta, write_dataset
-from sea_dist.data.synthetic import SyntheticSpec, generate
+from sea_dist.data.meta import DatasetMeta
+from sea_dist.data.writer import write_dataset
+from sea_dist.sources.synthetic import SyntheticSpec, generate
 from sea_dist.eval.cold_start import cold_item_recall
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.loop import Trainer
 
 

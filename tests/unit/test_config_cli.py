@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.config_cli import (
+from sea_dist.config import (
     ConfigError,
     apply_overrides,
     config_to_dict,
     iter_options,
     load_config_file,
-    parse_args,
     validate_config,
 )
+from sea_dist.config_cli import parse_args
 
 ALL_KEYS = [
     f"{section.name}.{f.name}"

@@ -19,14 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sea_dist.data.dataset import (
-    DatasetError,
-    DatasetMeta,
-    load_dataset,
-    load_meta,
-    make_filesystem,
-    write_dataset,
-)
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import DatasetMeta, load_meta
+from sea_dist.data.dataset import load_dataset
+from sea_dist.storage.fs import make_filesystem
+from sea_dist.data.writer import write_dataset
 
 USERS = np.array([3, 3, 3, 3, 7, 7, 7, 7, 9, 9, 9], dtype=np.int64)
 ITEMS = np.array([10, 20, 30, 40, 10, 50, 20, 30, 40, 50, 10], dtype=np.int64)

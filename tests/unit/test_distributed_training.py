@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from sea_dist.config import Config, EvalConfig
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.eval.evaluator import Evaluator
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from tests.dist_utils import run_distributed
 
 
@@ -100,7 +100,7 @@ def _train_steps(rank, world, root, out_dir, steps):
     then deterministic) and the BPR term only; returns (initial, final) parameters."""
     import torch
 
-    from sea_dist.config_cli import apply_overrides
+    from sea_dist.config import apply_overrides
     from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)

@@ -100,8 +100,8 @@ def _scripted_fit(trainer, scores, patience):
 
 def test_trainer_fit_follows_mmrecs_rule(tmp_path):
     from sea_dist.config import Config
-    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import Trainer
 
     root = write_synthetic(
@@ -121,7 +121,7 @@ def test_trainer_fit_follows_mmrecs_rule(tmp_path):
 
 def test_patience_zero_is_a_valid_stopping_step_and_negative_is_not():
     from sea_dist.config import Config
-    from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+    from sea_dist.config import ConfigError, apply_overrides, validate_config
 
     validate_config(apply_overrides(Config(), {"train.patience": 0}))  # stop at the first non-improving epoch
     with pytest.raises(ConfigError, match="train.patience"):

@@ -94,7 +94,7 @@ def test_worker_slices_tile_each_global_batch():
 
 def test_config_defaults_to_mmrecs_rule_and_rejects_others():
     from sea_dist.config import Config
-    from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
+    from sea_dist.config import ConfigError, apply_overrides, validate_config
 
     assert Config().train.negative_items == "train_items"
     assert apply_overrides(Config(), {"train.negative_items": "all_items"}).train.negative_items == "all_items"

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
+from sea_dist.config import apply_overrides
 from sea_dist.data.dataset import load_dataset
-from sea_dist.data.ids import ids_to_numpy
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.storage.ids import ids_to_numpy
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.model.full_graph import FullGraph
 from sea_dist.model.sea import SEA, UserTables
 from sea_dist.prepare.job import run_prepare
@@ -44,7 +44,7 @@ def _overrides(root: str, parts: int, method: str, mm_layers: int, tables: str) 
 def _infer(rank: int, world: int, overrides: dict) -> dict:
     import torch
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)

@@ -15,22 +15,24 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from sea_dist.data import examples as ex
+from sea_dist.sources import examples as ex
+from sea_dist.sources import item_features as feat
+from sea_dist.sources import movielens
 from sea_dist.data.dataset import load_dataset
 
 SKIP_HINT = "install the examples extra: pip install -e '.[examples]' && pip install --no-deps recbole==1.2.1"
 N_USERS = 50
 
 
-def _ml_or_skip() -> ex.MovieLens100K:
+def _ml_or_skip() -> movielens.MovieLens100K:
     try:
-        return ex.read_movielens_100k()
-    except ex.ExampleDataMissing as e:
+        return movielens.read_movielens_100k()
+    except movielens.ExampleDataMissing as e:
         pytest.skip(f"MovieLens-100K not installed: {e}")  # the message names what to install
 
 
 @pytest.fixture(scope="module")
-def ml() -> ex.MovieLens100K:
+def ml() -> movielens.MovieLens100K:
     return _ml_or_skip()
 
 
@@ -44,7 +46,7 @@ def _fake_encoder(dim: int = 8) -> Callable[[list[str]], np.ndarray]:
     return encode
 
 
-def _timestamps_of(ml: ex.MovieLens100K, users_raw: np.ndarray, items_raw: np.ndarray) -> np.ndarray:
+def _timestamps_of(ml: movielens.MovieLens100K, users_raw: np.ndarray, items_raw: np.ndarray) -> np.ndarray:
     """Source timestamp of each loaded (user, item) pair (ML-100K has no repeated pairs)."""
     key = ml.users * 10_000 + ml.items
     order = np.argsort(key)
@@ -60,7 +62,7 @@ def _timestamps_of(ml: ex.MovieLens100K, users_raw: np.ndarray, items_raw: np.nd
 def test_chronological_split_large_user_is_80_10_10_by_time() -> None:
     n = 25  # hold-out = round_half_up(2.5) = 3
     ts = np.random.default_rng(0).permutation(n) * 100
-    s = ex.chronological_split(np.full(n, 7), ts)
+    s = movielens.chronological_split(np.full(n, 7), ts)
     assert s.dtype == np.int8
     assert np.bincount(s, minlength=3).tolist() == [19, 3, 3]
     by_time = s[np.argsort(ts)]
@@ -73,7 +75,7 @@ def test_chronological_split_large_user_is_80_10_10_by_time() -> None:
      (15, [11, 2, 2]), (20, [16, 2, 2]), (737, [589, 74, 74])],
 )
 def test_chronological_split_counts(n: int, expected: list[int]) -> None:
-    s = ex.chronological_split(np.zeros(n, dtype=np.int64), np.arange(n)[::-1])
+    s = movielens.chronological_split(np.zeros(n, dtype=np.int64), np.arange(n)[::-1])
     assert np.bincount(s, minlength=3).tolist() == expected
     assert np.all(np.diff(s[::-1]) >= 0)  # later timestamps never in an earlier split
 
@@ -81,7 +83,7 @@ def test_chronological_split_counts(n: int, expected: list[int]) -> None:
 def test_chronological_split_many_users_interleaved_and_ties_in_row_order() -> None:
     users = np.array([5, 3, 5, 3, 5, 3, 3, 5, 3, 5, 5, 3])
     ts = np.array([9, 1, 8, 2, 7, 3, 4, 6, 5, 5, 5, 6])
-    s = ex.chronological_split(users, ts)
+    s = movielens.chronological_split(users, ts)
     for u in (3, 5):
         rows = np.flatnonzero(users == u)
         order = rows[np.lexsort((rows, ts[rows]))]
@@ -94,33 +96,33 @@ def test_dedupe_keeps_the_earliest_rating_of_a_pair() -> None:
     users = np.array([1, 1, 2, 1, 2, 1])
     items = np.array([10, 20, 10, 10, 10, 10])
     ts = np.array([50, 5, 7, 30, 7, 40])
-    keep = ex.dedupe_earliest(users, items, ts)
+    keep = movielens.dedupe_earliest(users, items, ts)
     assert keep.tolist() == [1, 2, 3]  # (1,10) earliest at ts 30 -> row 3; (2,10) tie -> first row
 
 
 def test_display_title_moves_trailing_articles() -> None:
-    assert ex.display_title("Usual Suspects, The") == "The Usual Suspects"
-    assert ex.display_title("Fish Called Wanda, A") == "A Fish Called Wanda"
-    assert ex.display_title("Horseman on the Roof, The (Hussard sur le toit, Le)") == (
+    assert feat.display_title("Usual Suspects, The") == "The Usual Suspects"
+    assert feat.display_title("Fish Called Wanda, A") == "A Fish Called Wanda"
+    assert feat.display_title("Horseman on the Roof, The (Hussard sur le toit, Le)") == (
         "The Horseman on the Roof (Le Hussard sur le toit)"
     )
-    assert ex.display_title("Star Maker, The (Uomo delle stelle, L')") == "The Star Maker (L'Uomo delle stelle)"
-    assert ex.display_title("Mrs. Brown (Her Majesty, Mrs. Brown)") == "Mrs. Brown (Her Majesty, Mrs. Brown)"
-    assert ex.display_title("Toy Story") == "Toy Story"
+    assert feat.display_title("Star Maker, The (Uomo delle stelle, L')") == "The Star Maker (L'Uomo delle stelle)"
+    assert feat.display_title("Mrs. Brown (Her Majesty, Mrs. Brown)") == "Mrs. Brown (Her Majesty, Mrs. Brown)"
+    assert feat.display_title("Toy Story") == "Toy Story"
 
 
 def test_item_texts_and_meta_features() -> None:
-    genres = np.zeros((3, len(ex.GENRES)), dtype=np.uint8)
-    genres[0, [ex.GENRES.index("Animation"), ex.GENRES.index("Comedy")]] = 1
+    genres = np.zeros((3, len(movielens.GENRES)), dtype=np.uint8)
+    genres[0, [movielens.GENRES.index("Animation"), movielens.GENRES.index("Comedy")]] = 1
     genres[1, 0] = 1  # "unknown" genre only
     years = np.array([1995, 0, 1925])
-    texts = ex.item_texts(["Toy Story", "", "Gold Rush, The"], years, genres)
+    texts = feat.item_texts(["Toy Story", "", "Gold Rush, The"], years, genres)
     assert texts == ["Toy Story (1995). Genres: Animation, Comedy.", "Unknown movie.", "The Gold Rush (1925)."]
 
-    x = ex.meta_features(years, genres)
-    assert x.shape == (3, ex.META_DIM) and x.dtype == np.float32 and ex.META_DIM % 2 == 0
+    x = feat.meta_features(years, genres)
+    assert x.shape == (3, feat.META_DIM) and x.dtype == np.float32 and feat.META_DIM % 2 == 0
     assert np.isfinite(x).all()
-    g = len(ex.GENRES)
+    g = len(movielens.GENRES)
     np.testing.assert_array_equal(x[:, :g], genres)
     assert x[:, g].tolist() == [1, 0, 1]  # year known
     np.testing.assert_allclose(x[:, g + 1], [0.95, 0.0, 0.25])
@@ -132,30 +134,30 @@ def test_item_texts_and_meta_features() -> None:
 
 
 def test_missing_source_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ex.ExampleDataMissing, match="no MovieLens-100K files"):
-        ex.locate_movielens_100k(str(tmp_path))
+    with pytest.raises(movielens.ExampleDataMissing, match="no MovieLens-100K files"):
+        movielens.locate_movielens_100k(str(tmp_path))
 
 
 def test_grouplens_format_is_read_like_the_packaged_copies(tmp_path: Path) -> None:
     (tmp_path / "u.data").write_text("2\t1\t5\t100\n1\t2\t3\t90\n1\t1\t4\t80\n")
-    flags = ["0"] * len(ex.GENRES)
+    flags = ["0"] * len(movielens.GENRES)
     drama = flags.copy()
-    drama[ex.GENRES.index("Drama")] = "1"
+    drama[movielens.GENRES.index("Drama")] = "1"
     (tmp_path / "u.item").write_bytes(
         ("1|Misérables, Les (1995)|01-Jan-1995||http://x|" + "|".join(drama) + "\n"
          "2|unknown||||" + "|".join(["1"] + flags[1:]) + "\n").encode("latin-1")
     )
-    ml = ex.read_movielens_100k(str(tmp_path))
+    ml = movielens.read_movielens_100k(str(tmp_path))
     assert ml.item_ids.tolist() == [1, 2] and ml.titles == ["Misérables, Les", ""]
     assert ml.years.tolist() == [1995, 0] and ml.users.tolist() == [2, 1, 1]
-    assert ex.item_texts(ml.titles, ml.years, ml.genres) == ["Les Misérables (1995). Genres: Drama.", "Unknown movie."]
+    assert feat.item_texts(ml.titles, ml.years, ml.genres) == ["Les Misérables (1995). Genres: Drama.", "Unknown movie."]
 
 
 # ------------------------------------------------------------------------------------------
 # the packaged data
 
 
-def test_packaged_movielens_100k_is_complete(ml: ex.MovieLens100K) -> None:
+def test_packaged_movielens_100k_is_complete(ml: movielens.MovieLens100K) -> None:
     assert ml.users.size == 100_000
     assert np.unique(ml.users).size == 943
     assert ml.item_ids.size == 1682 and np.array_equal(ml.item_ids, np.arange(1, 1683))
@@ -166,7 +168,7 @@ def test_packaged_movielens_100k_is_complete(ml: ex.MovieLens100K) -> None:
     assert ml.titles[0] == "Toy Story" and ml.years[0] == 1995
 
 
-def test_build_subset_with_stub_encoder_round_trips(ml: ex.MovieLens100K, tmp_path: Path) -> None:
+def test_build_subset_with_stub_encoder_round_trips(ml: movielens.MovieLens100K, tmp_path: Path) -> None:
     out = tmp_path / "ml"
     msgs: list[str] = []
     ex.build_movielens_100k(str(out), limit_users=N_USERS, text_encoder=_fake_encoder(8), progress=msgs.append)
@@ -177,8 +179,8 @@ def test_build_subset_with_stub_encoder_round_trips(ml: ex.MovieLens100K, tmp_pa
     assert ds.n_users == N_USERS and np.array_equal(ds.user_raw_ids, first)
     assert ds.n_items == 1682 and np.array_equal(ds.item_raw_ids, ml.item_ids)
     assert ds.meta.n_interactions == n_rows and ds.users.size == n_rows
-    assert ds.meta.modalities == {"meta": ex.META_DIM, "text": 8}
-    np.testing.assert_array_equal(ds.features["meta"], ex.meta_features(ml.years, ml.genres))
+    assert ds.meta.modalities == {"meta": feat.META_DIM, "text": 8}
+    np.testing.assert_array_equal(ds.features["meta"], feat.meta_features(ml.years, ml.genres))
     assert json.loads((out / "provenance.json").read_text())["limit_users"] == N_USERS
     assert any("interactions:" in m for m in msgs)
 
@@ -202,12 +204,12 @@ def test_build_subset_with_stub_encoder_round_trips(ml: ex.MovieLens100K, tmp_pa
     assert load_dataset(str(other)).meta.version != ds.meta.version
 
 
-def test_cli_builds_a_subset(ml: ex.MovieLens100K, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_builds_a_subset(ml: movielens.MovieLens100K, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ex, "minilm_text_encoder", lambda *a, **k: _fake_encoder(4))
     out = tmp_path / "cli"
     assert ex.main(["movielens-100k", "--out", str(out), "--limit-users", "5"]) == 0
     ds = load_dataset(str(out))
-    assert ds.n_users == 5 and ds.n_items == 1682 and ds.meta.modalities == {"meta": ex.META_DIM, "text": 4}
+    assert ds.n_users == 5 and ds.n_items == 1682 and ds.meta.modalities == {"meta": feat.META_DIM, "text": 4}
     assert ex.main(["movielens-100k", "--out", str(tmp_path / "bad"), "--source", str(tmp_path / "nowhere")]) == 2
 
 
@@ -216,11 +218,11 @@ def test_cli_builds_a_subset(ml: ex.MovieLens100K, tmp_path: Path, monkeypatch: 
 
 
 @pytest.fixture(scope="module")
-def real_build(ml: ex.MovieLens100K, tmp_path_factory: pytest.TempPathFactory):
+def real_build(ml: movielens.MovieLens100K, tmp_path_factory: pytest.TempPathFactory):
     try:
-        ex.minilm_model_dir()
+        feat.minilm_model_dir()
         import transformers  # noqa: F401
-    except ex.ExampleDataMissing as e:
+    except movielens.ExampleDataMissing as e:
         pytest.skip(str(e))  # names what to install
     except ImportError as e:
         pytest.skip(f"transformers not importable ({e}); {SKIP_HINT}")
@@ -230,9 +232,9 @@ def real_build(ml: ex.MovieLens100K, tmp_path_factory: pytest.TempPathFactory):
     return load_dataset(str(out))
 
 
-def test_real_build_has_minilm_text_embeddings(ml: ex.MovieLens100K, real_build) -> None:
+def test_real_build_has_minilm_text_embeddings(ml: movielens.MovieLens100K, real_build) -> None:
     ds = real_build
-    assert ds.meta.modalities == {"meta": ex.META_DIM, "text": ex.TEXT_DIM}
+    assert ds.meta.modalities == {"meta": feat.META_DIM, "text": feat.TEXT_DIM}
     assert ds.n_users == N_USERS and ds.n_items == 1682
     text = ds.features["text"]
     assert text.shape == (1682, 384) and np.isfinite(text).all()

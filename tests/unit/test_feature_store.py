@@ -13,8 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sea_dist.data.dataset import DatasetError, DatasetMeta, write_dataset
-from sea_dist.data.feature_store import FeatureStore, FetchStats, open_feature_stores
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import DatasetMeta
+from sea_dist.data.writer import write_dataset
+from sea_dist.data.feature_store import FeatureStore, open_feature_stores
+from sea_dist.data.fetch_stats import FetchStats
 
 from tests.conftest import MOTO_BUCKET
 

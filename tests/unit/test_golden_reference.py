@@ -11,7 +11,7 @@ parameters loaded into their model, and records what their code drew and compute
 after its 50-step fit, parameter norms after each step, and the validation metrics and top-20
 lists of each epoch.
 
-Here the same data goes through our importer (``sea_dist.data.mmrec``) and our full-graph
+Here the same data goes through our importer (``sea_dist.sources.mmrec``) and our full-graph
 ``Trainer``; the same parameters are loaded into it, and the recorded triples and permutations
 are replayed (the two codes draw them from different generators). Everything else is ours: the
 kNN graph, the propagation, the losses, Q's fit, Adam and the evaluation. See
@@ -28,9 +28,9 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.data.mmrec import import_mmrec
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.config import apply_overrides
+from sea_dist.sources.mmrec import import_mmrec
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 from tests import golden_fixture as gf
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sea_dist.data.ids import (
+from sea_dist.storage.ids import (
     as_raw_ids,
     arrow_id_kind,
     ids_from_state,

@@ -10,8 +10,9 @@ import os
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.config_cli import ConfigError, apply_overrides
-from sea_dist.data.dataset import DatasetError, DatasetMeta
+from sea_dist.config import ConfigError, apply_overrides
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import DatasetMeta
 from sea_dist.ops.publish import Publisher
 from sea_dist.train.launcher import resolve_config
 from sea_dist.train.preflight import check_output_dataset, check_warm_start, resolve_paths, user_error_in
@@ -103,7 +104,7 @@ def test_user_errors_are_found_through_rays_wrappers():
     data = DatasetError("features/text/part-0.parquet: NaN in row 3")
     wrapped = WorkerGroupError("worker 1 failed", {1: UserExceptionWithTraceback(data, "Traceback ...")})
     assert user_error_in(wrapped) is data
-    as_text = WorkerGroupError("x", {0: RuntimeError("Traceback...\nsea_dist.config_cli.ConfigError: bad key")})
+    as_text = WorkerGroupError("x", {0: RuntimeError("Traceback...\nsea_dist.config.checks.ConfigError: bad key")})
     found = user_error_in(as_text)
     assert isinstance(found, ConfigError) and str(found) == "bad key"
     assert user_error_in(WorkerGroupError("x", {0: RuntimeError("worker died")})) is None

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.config import apply_overrides
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
 from sea_dist.train.partitioned import PartitionEpochPlan
 from tests.dist_utils import run_distributed
@@ -62,7 +62,7 @@ def _batch(trainer) -> tuple[np.ndarray, ...]:
 def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
     import torch
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 
     torch.set_num_threads(1)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.config import apply_overrides
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.lr_schedule import lr_at, scaled_lr
 
 

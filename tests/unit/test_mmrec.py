@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sea_dist.data import mmrec
+from sea_dist.sources import mmrec, mmrec_inter
 from sea_dist.data.dataset import load_dataset
-from sea_dist.data.mmrec import MMRecError, import_mmrec
+from sea_dist.sources.mmrec_inter import MMRecError
+from sea_dist.sources.mmrec import import_mmrec
 
 from tests.conftest import MOTO_BUCKET
 
@@ -101,15 +102,15 @@ def test_only_present_modalities_and_extra_feature_rows(tmp_path: Path) -> None:
 
 
 def test_inter_read_in_many_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mmrec, "_BLOCK_BYTES", 1024)  # ~35 rows a block: many batches
+    monkeypatch.setattr(mmrec_inter, "_BLOCK_BYTES", 1024)  # ~35 rows a block: many batches
     src = write_mmrec(tmp_path / "toy")
-    inter = mmrec.read_inter(str(src["folder"] / "toy.inter"))
+    inter = mmrec_inter.read_inter(str(src["folder"] / "toy.inter"))
     assert list(zip(inter.users.tolist(), inter.items.tolist(), inter.splits.tolist())) == [
         (u, i, x) for u, i, _, _, x in src["rows"]
     ]
     path = _rewrite_inter(src["folder"], lambda ls: ls[:150] + ["\t" + ls[150].split("\t", 1)[1]] + ls[151:])
     with pytest.raises(MMRecError, match=r"empty userID at data row 150 "):
-        mmrec.read_inter(str(path))
+        mmrec_inter.read_inter(str(path))
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

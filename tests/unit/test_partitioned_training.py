@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.config import apply_overrides
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.prepare.job import run_prepare
 from tests.dist_utils import run_distributed
 
@@ -42,7 +42,7 @@ def _config(root: str, out: str, tables: str, prepared: str = "") -> Config:
 def _train(rank: int, world: int, cfg_dict: dict) -> dict:
     import torch
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def prepared(tmp_path_factory):
 
 
 def _flat(cfg: Config) -> dict:
-    from sea_dist.config_cli import config_to_dict
+    from sea_dist.config import config_to_dict
 
     out = {}
 
@@ -183,7 +183,7 @@ def _train_with_checkpoints(rank: int, world: int, cfg_dict: dict, ckpt_root: st
     import torch
 
     from sea_dist.train.checkpoint import load_sharded_checkpoint
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.config_cli import ConfigError, apply_overrides, validate_config
-from sea_dist.data.dataset import DatasetError, load_dataset
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.config import ConfigError, apply_overrides, validate_config
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.dataset import load_dataset
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.graph.partition import choose_part_method, load_local_partition
 from sea_dist.prepare.job import find_prepared, load_prepared, run_prepare
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.ops import outputs as outputs_module
 from sea_dist.ops.publish import Publisher, PublishError
 from sea_dist.train import launcher

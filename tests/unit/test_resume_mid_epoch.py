@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
 from sea_dist.train.checkpoint import load_checkpoint
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.loop import Trainer
 
 

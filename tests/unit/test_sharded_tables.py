@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from sea_dist.model.sea import UserTables
-from sea_dist.train.distributed import WorkerContext
+from sea_dist.runtime.distributed import WorkerContext
 from sea_dist.train.sharded_tables import (
     ReplicatedTables,
     ShardedTables,

@@ -3,7 +3,7 @@ import pathlib
 import pytest
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides, load_config_file, validate_config
+from sea_dist.config import apply_overrides, load_config_file, validate_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 

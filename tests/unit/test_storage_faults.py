@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from sea_dist.config import Config
-from sea_dist.config_cli import apply_overrides
-from sea_dist.data.dataset import DatasetError, load_meta, make_filesystem
+from sea_dist.config import apply_overrides
+from sea_dist.storage.errors import DatasetError
+from sea_dist.data.meta import load_meta
+from sea_dist.storage.fs import make_filesystem
 from sea_dist.data.feature_store import FeatureStore
 from sea_dist.ops.outputs import RunOutputs
-from sea_dist.ops.retry import (
+from sea_dist.storage.retry import (
     PERMANENT,
     TRANSIENT,
     RetryPolicy,
@@ -171,7 +173,7 @@ def test_transient_failures_are_retried_and_logged(caplog):
             raise ConnectionResetError("connection reset by peer")
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger="sea_dist.ops.retry"):
+    with caplog.at_level(logging.WARNING, logger="sea_dist.storage.retry"):
         assert with_retries(flaky, "reading s3://b/k", FAST, sleep=sleeps.append) == "ok"
     assert len(calls) == 3 and len(sleeps) == 2 and all(0 <= s <= FAST.max_delay_s for s in sleeps)
     assert sum("retry" in r.message and "s3://b/k" in r.message for r in caplog.records) == 2
@@ -244,7 +246,7 @@ def test_storage_settings_come_from_the_data_config():
 
 
 def test_the_config_fingerprint_ignores_storage_settings():
-    from sea_dist.config_cli import config_to_dict
+    from sea_dist.config import config_to_dict
     from sea_dist.ops.publish import config_fingerprint
 
     base = config_fingerprint(config_to_dict(Config()))
@@ -330,8 +332,8 @@ def test_wrong_credentials_fail_fast(s3_store, monkeypatch):
 
 
 def test_an_endpoint_outage_is_ridden_out(s3_store, quick_storage, caplog):
-    from sea_dist.data.dataset import write_dataset
-    from sea_dist.data.synthetic import SyntheticSpec, generate
+    from sea_dist.data.writer import write_dataset
+    from sea_dist.sources.synthetic import SyntheticSpec, generate
 
     root = f"s3://{s3_store.bucket}/outage"
     spec = SyntheticSpec(n_users=30, n_items=40, n_interactions=300, modalities={"a": 4}, name="outage")
@@ -340,7 +342,7 @@ def test_an_endpoint_outage_is_ridden_out(s3_store, quick_storage, caplog):
     try:
         assert load_meta(root, endpoint.url).name == "outage"
         endpoint.outage(connections=12)  # more than botocore's 2 attempts per request
-        with caplog.at_level(logging.WARNING, logger="sea_dist.ops.retry"):
+        with caplog.at_level(logging.WARNING, logger="sea_dist.storage.retry"):
             meta = load_meta(root, endpoint.url)
         assert meta.name == "outage" and endpoint.resets == 12 and endpoint.back_up.is_set()
         assert any("transient storage error" in r.message and "dataset.json" in r.message for r in caplog.records)
@@ -425,7 +427,7 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
     import torch
     import torch.distributed as dist
 
-    from sea_dist.train.distributed import WorkerContext
+    from sea_dist.runtime.distributed import WorkerContext
     from sea_dist.train.partitioned import PartitionedTrainer
 
     torch.set_num_threads(1)
@@ -451,7 +453,7 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
 
 @pytest.mark.timeout(600)
 def test_an_endpoint_cut_mid_fetch_in_a_partitioned_step_changes_nothing(moto_s3, tmp_path):
-    from sea_dist.data.synthetic import SyntheticSpec, write_synthetic
+    from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
     from sea_dist.prepare.job import run_prepare
     from tests.dist_utils import run_distributed
     from tests.unit.test_partitioned_training import _config, _flat

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sea_dist.data import synthetic as syn
+from sea_dist.sources import synthetic as syn
 from sea_dist.data.dataset import load_dataset
-from sea_dist.data.synthetic import DEFAULT_SPEC, SyntheticSpec, generate, generate_full, mmrec_split
+from sea_dist.sources.synthetic import DEFAULT_SPEC, SyntheticSpec, generate, generate_full, mmrec_split
 
 SMALL = SyntheticSpec(n_users=300, n_items=200, n_interactions=4000, modalities={"image": 16, "text": 8}, seed=7, name="small")
 

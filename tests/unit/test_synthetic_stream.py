@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sea_dist.data import synthetic as syn
+from sea_dist.sources import synthetic as syn
 from sea_dist.data.dataset import load_dataset
-from sea_dist.data import synthetic_stream as ss
-from sea_dist.data.synthetic_stream import StreamModel, StreamSpec, write_stream
+from sea_dist.sources import synthetic_stream as ss
+from sea_dist.sources.synthetic_stream import StreamModel
+from sea_dist.sources.stream_spec import StreamSpec
+from sea_dist.sources.stream_writer import write_stream
 
 from tests.conftest import MOTO_BUCKET
 
@@ -307,7 +309,8 @@ def test_bounded_memory(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import json, resource, sys
-        from sea_dist.data.synthetic_stream import StreamSpec, write_stream
+        from sea_dist.sources.stream_spec import StreamSpec
+        from sea_dist.sources.stream_writer import write_stream
         def rss_mb():
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))

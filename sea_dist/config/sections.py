@@ -1,13 +1,22 @@
-"""Typed run configuration.
+"""Typed run configuration: one dataclass per section, each checking its own values.
 
 Every knob a user can turn lives here, with its default and a one-line meaning in the field's
 ``metadata["help"]``; ``--help`` is generated from that text, so a field without help is a bug.
 Defaults follow the SEA reference (``docs/model.md``) unless noted.
-The file/command-line layer that fills these lives in :mod:`sea_dist.config_cli`.
+
+Each section's ``problems()`` lists what is wrong with its values (every check runs, so one
+error names every problem); :meth:`Config.problems` adds the checks that span sections, and
+:func:`validate_config` raises them as one :class:`ConfigError`. Catching these at start-up
+avoids configurations that would fail (or silently do the wrong thing) deep inside a
+distributed run. Filling a config from files and overrides is :mod:`sea_dist.config.parse`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields
+
+from sea_dist.config.checks import CLUB_FIT_CHOICES, METRIC_CHOICES, Checks, ConfigError, is_int
 
 
 def _opt(default, help: str, **kw):
@@ -55,6 +64,9 @@ class DataConfig:
         "for data.root and the prepare settings, built by the driver when missing",
     )
 
+    def problems(self) -> list[str]:
+        return []  # every value of this section is usable as given
+
 
 @dataclass
 class GraphConfig:
@@ -78,6 +90,33 @@ class GraphConfig:
         "-1 = all neighbours",
     )
     knn_fanout: int = _opt(-1, "sampled neighbours in the item-item hop; -1 = all")
+
+    def problems(self) -> list[str]:
+        c = Checks(self, "graph")
+        c.positive_int("knn_k", "knn_block_size")
+        c.need(
+            0.0 <= self.mm_image_weight <= 1.0,
+            f"graph.mm_image_weight must lie in [0, 1], got {self.mm_image_weight!r}",
+        )
+        c.need(self.fanouts_ok(), f"graph.fanouts must be positive integers or -1, got {self.fanouts!r}")
+        c.need(
+            is_int(self.knn_fanout) and (self.knn_fanout > 0 or self.knn_fanout == -1),
+            f"graph.knn_fanout must be a positive integer or -1, got {self.knn_fanout!r}",
+        )
+        if self.modality_weights:
+            w = self.modality_weights
+            numeric = all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in w
+            )
+            if not numeric or any(x < 0 for x in w):
+                c.problems.append(f"graph.modality_weights must be non-negative numbers, got {w!r}")
+            elif not math.isclose(sum(w), 1.0, rel_tol=0.0, abs_tol=1e-6):
+                c.problems.append(f"graph.modality_weights must sum to 1, got {w!r} (sum {sum(w)})")
+        return c.problems
+
+    def fanouts_ok(self) -> bool:
+        return isinstance(self.fanouts, list) and all(is_int(f) and (f > 0 or f == -1) for f in self.fanouts)
 
 
 @dataclass
@@ -103,6 +142,19 @@ class ModelConfig:
         "alignment (Solosim) loss over at most this many of a batch's items, a seeded subset "
         "(its cost is quadratic in them); 0 = all, as the reference. Catalog-size batches: 4096",
     )
+
+    def problems(self) -> list[str]:
+        c = Checks(self, "model")
+        c.positive_int("embedding_dim", "n_ui_layers", "proj_hidden_dim", "proj_out_dim", "club_dim", "club_hidden")
+        c.non_negative_int("n_mm_layers", "club_inner_steps")
+        c.need(self.temp > 0, f"model.temp must be > 0, got {self.temp!r}")
+        c.non_negative("alpha_contrast", "ureg")
+        c.non_negative_int("align_max_items")
+        c.need(
+            self.club_fit in CLUB_FIT_CHOICES,
+            f"model.club_fit must be one of {', '.join(CLUB_FIT_CHOICES)}, got {self.club_fit!r}",
+        )
+        return c.problems
 
 
 @dataclass
@@ -199,6 +251,44 @@ class TrainConfig:
         False, "with warm_start, also restore the dense parameters' Adam moments (same mode only)"
     )
 
+    def problems(self) -> list[str]:
+        c = Checks(self, "train")
+        c.positive_int("num_workers", "cpus_per_worker", "batch_size", "epochs", "checkpoint_every_epochs")
+        # patience 0 is MMRec's stopping_step 0: stop at the first non-improving epoch
+        c.non_negative_int("max_steps_per_epoch", "patience")
+        c.need(self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
+        c.non_negative("gpus_per_worker", "progress_every_s")
+        if is_int(self.batch_size) and is_int(self.num_workers) and self.num_workers > 0:
+            c.need(
+                self.batch_size >= self.num_workers,
+                f"train.batch_size ({self.batch_size}) must be >= train.num_workers "
+                f"({self.num_workers}): the global batch is split over the workers",
+            )
+        if self.partitioned:
+            c.need(not self.full_graph, "train.partitioned and train.full_graph exclude each other")
+            c.need(not self.warm_start, "train.warm_start is not supported in partitioned mode yet")
+        c.need(
+            self.lr_scaling in ("none", "sqrt", "linear"),
+            f"train.lr_scaling must be none, sqrt or linear, got {self.lr_scaling!r}",
+        )
+        c.need(self.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        c.positive_int("lr_reference_batch")
+        c.need(
+            self.user_tables in ("sharded", "replicated"),
+            f"train.user_tables must be 'sharded' or 'replicated', got {self.user_tables!r}",
+        )
+        c.non_negative_int("feature_cache_rows", "prefetch_batches", "warmup_steps")
+        c.need(
+            self.negative_items in ("train_items", "all_items"),
+            f"train.negative_items must be train_items or all_items, got {self.negative_items!r}",
+        )
+        if self.gpus_per_worker > 0 and not self.use_gpu:
+            c.problems.append(
+                f"train.gpus_per_worker={self.gpus_per_worker} needs train.use_gpu=true "
+                "(or pass --gpus-per-worker, which sets both)"
+            )
+        return c.problems
+
 
 @dataclass
 class EvalConfig:
@@ -215,6 +305,27 @@ class EvalConfig:
         "its share); 0 = all. Full ranking costs users x items per epoch",
     )
 
+    def problems(self) -> list[str]:
+        c = Checks(self, "eval")
+        c.positive_int("user_batch_size")
+        c.non_negative_int("max_users")
+        c.need(self.topk_ok(), f"eval.topk must be a non-empty list of positive integers, got {self.topk!r}")
+        match = re.fullmatch(r"(recall|ndcg|precision|map)@(\d+)", str(self.valid_metric).lower())
+        if not match:
+            c.problems.append(
+                f"eval.valid_metric must look like <{'|'.join(METRIC_CHOICES)}>@K, "
+                f"got {self.valid_metric!r}"
+            )
+        elif self.topk_ok() and int(match.group(2)) not in self.topk:
+            c.problems.append(
+                f"eval.valid_metric {self.valid_metric!r} uses K={match.group(2)}, "
+                f"which is not in eval.topk {self.topk!r}"
+            )
+        return c.problems
+
+    def topk_ok(self) -> bool:
+        return isinstance(self.topk, list) and len(self.topk) > 0 and all(is_int(k) and k > 0 for k in self.topk)
+
 
 @dataclass
 class OutputConfig:
@@ -227,6 +338,9 @@ class OutputConfig:
         "(which is otherwise refused)",
     )
     keep_runs: int = _opt(2, "published run prefixes kept under output_dir/runs (newest first)")
+
+    def problems(self) -> list[str]:
+        return []  # every value of this section is usable as given
 
 
 @dataclass
@@ -243,6 +357,9 @@ class MetricsConfig:
         "", "Pushgateway for the run's final metrics (batch-job convention); empty = none"
     )
     push_job: str = _opt("sea_dist", "Pushgateway job name (one group per deployment)")
+
+    def problems(self) -> list[str]:
+        return []  # every value of this section is usable as given
 
 
 @dataclass
@@ -269,6 +386,16 @@ class PrepareConfig:
     )
     force: bool = _opt(False, "rebuild even when a complete prepared version already exists")
 
+    def problems(self) -> list[str]:
+        c = Checks(self, "prepare")
+        c.need(
+            self.part_method in ("auto", "metis", "random"),
+            f"prepare.part_method must be auto, metis or random, got {self.part_method!r}",
+        )
+        c.non_negative_int("num_parts", "metis_max_edges", "exact_knn_max_items")
+        c.positive_int("knn_nprobe")
+        return c.problems
+
 
 @dataclass
 class Config:
@@ -280,3 +407,27 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def problems(self) -> list[str]:
+        """Every section's problems, in section order, then those that span sections."""
+        found = [p for f in fields(self) for p in getattr(self, f.name).problems()]
+        g, m = self.graph, self.model
+        if g.fanouts_ok() and is_int(m.n_ui_layers):
+            if len(g.fanouts) != m.n_ui_layers:
+                found.append(
+                    f"graph.fanouts has {len(g.fanouts)} entries but model.n_ui_layers is "
+                    f"{m.n_ui_layers}: give one fanout per user-item hop"
+                )
+        return found
+
+    def validate(self) -> None:
+        """Raise one :class:`ConfigError` listing every problem found (none: return)."""
+        errors = self.problems()
+        if errors:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+
+def validate_config(cfg: Config) -> None:
+    """Check a whole configuration: :meth:`Config.validate` (for callers holding a config)."""
+    cfg.validate()

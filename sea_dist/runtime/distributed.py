@@ -2,7 +2,9 @@
 
 The loop talks to :class:`WorkerContext` only, so the same code runs in one plain process
 (full-graph mode, unit tests), under ``torch.distributed`` launched by tests, and inside Ray
-Train workers (:mod:`sea_dist.train.ray_launcher` supplies the Ray-specific reporting).
+Train workers (:mod:`sea_dist.train.ray_run` supplies the Ray-specific reporting). It lives outside
+``train`` so that evaluation, which gathers scores across ranks, uses it without importing the
+trainer.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ tier (19k x 7k x 160k, 4096 + 384 dims) in a few seconds.
 
 Catalog-size tiers do not fit this exact, all-in-memory sampler (it scores every user against
 every item): the CLI hands specs above :data:`STREAM_THRESHOLD` interactions (or any with
-``--stream``) to :mod:`sea_dist.data.synthetic_stream`, which generates the same kind of planted
+``--stream``) to :mod:`sea_dist.sources.synthetic_stream`, which generates the same kind of planted
 structure chunk by chunk in bounded memory (dense ids ``0..n-1``, rows grouped by user).
 """
 from __future__ import annotations
@@ -42,7 +42,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sea_dist.data.dataset import DatasetMeta, SPLIT_NAMES, write_dataset
+from sea_dist.data.meta import DatasetMeta, SPLIT_NAMES
+from sea_dist.data.writer import write_dataset
+from sea_dist.sources.spec_checks import check_common_spec, count_cap
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -122,39 +124,6 @@ def user_raw_id(u: np.ndarray | int) -> np.ndarray | int:
 
 def item_raw_id(i: np.ndarray | int) -> np.ndarray | int:
     return ITEM_ID_BASE + ITEM_ID_STEP * np.asarray(i, dtype=np.int64)
-
-
-def check_common_spec(spec: SyntheticSpec) -> None:
-    """Checks shared by every generator spec (also the streaming one's, by duck typing)."""
-    if spec.n_users < 1 or spec.n_items < 1:
-        raise ValueError(f"need at least one user and one item, got {spec.n_users} x {spec.n_items}")
-    if spec.min_per_user < 3:
-        raise ValueError("min_per_user must be >= 3 so every user has train, valid and test rows")
-    if spec.n_items < spec.min_per_user:
-        raise ValueError(f"n_items={spec.n_items} < min_per_user={spec.min_per_user}")
-    if spec.n_interactions < spec.min_per_user * spec.n_users:
-        raise ValueError(
-            f"n_interactions={spec.n_interactions} < min_per_user*n_users="
-            f"{spec.min_per_user * spec.n_users}"
-        )
-    cap = count_cap(spec)
-    if spec.n_interactions > cap * spec.n_users:
-        raise ValueError(
-            f"n_interactions={spec.n_interactions} exceeds {cap} per user x {spec.n_users} users "
-            "(at most half the catalogue per user)"
-        )
-    if not spec.modalities:
-        raise ValueError("need at least one modality")
-    for m, d in spec.modalities.items():
-        if not m or "/" in m:
-            raise ValueError(f"modality name {m!r} is not a valid folder name")
-        if int(d) < 2 or int(d) % 2:
-            raise ValueError(f"modality {m!r}: dim {d} must be even and >= 2 (SEA splits it in halves)")
-
-
-def count_cap(spec: SyntheticSpec) -> int:
-    """Most interactions one user may get: half the catalogue keeps the sampler meaningful."""
-    return max(spec.min_per_user, spec.n_items // 2)
 
 
 def _user_counts(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
@@ -343,9 +312,9 @@ def default_dataset_root(spec: SyntheticSpec | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m sea_dist.data.synthetic --users N --items N --interactions N --out ROOT``."""
+    """CLI: ``python -m sea_dist.sources.synthetic --users N --items N --interactions N --out ROOT``."""
     p = argparse.ArgumentParser(
-        prog="python -m sea_dist.data.synthetic",
+        prog="python -m sea_dist.sources.synthetic",
         description="Write a seeded synthetic multimodal dataset (planted structure) in the sea_dist data contract.",
     )
     d = DEFAULT_SPEC
@@ -372,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="streaming only: users per interactions part file (default: about --interactions-per-shard rows)",
+    )
+    p.add_argument(
+        "--sparse-ids",
+        action="store_true",
+        help="streaming only: raw ids 1000+3u / 10**6+7i (the in-memory generator's) instead of 0..n-1",
     )
     a = p.parse_args(argv)
     stream = a.interactions > STREAM_THRESHOLD if a.stream is None else a.stream
@@ -411,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_stream(a: argparse.Namespace) -> int:
-    """The CLI's large-tier path: same flags, :func:`sea_dist.data.synthetic_stream.write_stream`."""
-    from sea_dist.data.synthetic_stream import StreamSpec, write_stream  # lazy: only this path needs it
+    """The CLI's large-tier path: same flags, :func:`sea_dist.sources.stream_writer.write_stream`."""
+    from sea_dist.sources.stream_spec import StreamSpec  # lazy: only this path needs them
+    from sea_dist.sources.stream_writer import write_stream
 
     users_per_chunk = a.users_per_chunk
     if users_per_chunk is None:  # part files of about --interactions-per-shard rows
@@ -427,6 +402,7 @@ def _main_stream(a: argparse.Namespace) -> int:
         users_per_chunk=users_per_chunk,
         items_per_shard=a.items_per_shard,
         feature_dtype=a.feature_dtype,
+        sparse_ids=a.sparse_ids,
     )
     t0 = time.perf_counter()
 

@@ -1,17 +1,18 @@
 """Streaming synthetic catalog generator: catalog-size tiers in bounded memory.
 
-:mod:`sea_dist.data.synthetic` builds everything in memory and samples every user against every
+:mod:`sea_dist.sources.synthetic` builds everything in memory and samples every user against every
 item (exact, but ``users x items`` work): right for the default and Baby-like tiers, hopeless
 for the "large, this machine" tier of docs/design.md, "Scale tiers" (2M users x 200k items x 50M interactions).
 This module generates the *same kind* of planted structure chunk by chunk and writes it straight
 into the data contract, local or ``s3://``::
 
-    python -m sea_dist.data.synthetic --users 2000000 --items 200000 \\
+    python -m sea_dist.sources.synthetic --users 2000000 --items 200000 \\
         --interactions 50000000 --out s3://bucket/catalog      # routed here (> 1M interactions)
 
-or from Python: ``write_stream(StreamSpec(2_000_000, 200_000, 50_000_000), "s3://b/catalog")``.
+or from Python: ``write_stream(StreamSpec(2_000_000, 200_000, 50_000_000), "s3://b/catalog")``
+(:mod:`sea_dist.sources.stream_writer`; the spec is :mod:`sea_dist.sources.stream_spec`).
 
-The model keeps the in-memory generator's ingredients (:class:`~sea_dist.data.synthetic.SyntheticSpec`:
+The model keeps the in-memory generator's ingredients (:class:`~sea_dist.sources.synthetic.SyntheticSpec`:
 Gaussian cluster latents shared by interactions and features, modality-unique latents, mild
 popularity, log-normal counts, MMRec splits) and adds what makes its signal independent of the
 catalogue size: **clusters of a fixed size and per-user interests**. The in-memory sampler
@@ -50,7 +51,7 @@ to 0.04 at 20k). Here a user's world is a bounded neighbourhood, the same at eve
   (``tests/unit/test_synthetic_stream.py``). Users whose count needs more clusters than their
   neighbourhood holds, or whose clusters are too small, draw from every item exactly (tiny
   catalogues, very heavy users);
-* splits as MMRec (and :func:`~sea_dist.data.synthetic.mmrec_split`): each user's items in a
+* splits as MMRec (and :func:`~sea_dist.sources.synthetic.mmrec_split`): each user's items in a
   random order, ``n < 10``: ``n-2/1/1``, else valid = test = ``round_half_up(0.1 n)``;
 * features: per modality, ``[z_i, v_im] @ A_m + feature_noise * noise``, generated and written
   one row group at a time (so a 4096-d modality never needs more than a row group in memory).
@@ -73,94 +74,27 @@ random streams), the item side and features do not depend on any chunk size.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import math
-import posixpath
-import sys
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sea_dist.data.dataset import SPLIT_NAMES, DatasetMeta, make_filesystem
-from sea_dist.data.synthetic import check_common_spec, count_cap
+from sea_dist.sources.spec_checks import count_cap
+from sea_dist.sources.stream_spec import (
+    RNG_FEATURE_MAP,
+    RNG_FEATURE_NOISE,
+    RNG_ITEMS,
+    RNG_USERS,
+    StreamSpec,
+    check_stream_spec,
+    n_clusters,
+    stream_rng,
+)
 
-__all__ = ["STREAM_GENERATOR_VERSION", "StreamSpec", "StreamModel", "feature_matrix", "write_stream", "main"]
+__all__ = ["StreamModel", "feature_groups", "feature_matrix"]
 
-#: Bump whenever the output for a given spec changes (it is part of ``dataset.json``'s version).
-STREAM_GENERATOR_VERSION = "2"
-
-# purposes of the keyed random streams: default_rng([seed, purpose, index...])
-_RNG_ITEMS, _RNG_USERS, _RNG_FEATURE_MAP, _RNG_FEATURE_NOISE = 0, 1, 2, 3
 _BLOCK_CANDIDATES = 1 << 18  # candidate scores per block of one cluster's users: bounds the temporaries
 _DENSE_BLOCK_SCORES = 1 << 22  # users x items scores per block on the exact path (16 MB)
-
-
-@dataclass
-class StreamSpec:
-    """What to generate. Equal specs give identical datasets."""
-
-    n_users: int
-    n_items: int
-    n_interactions: int  # all splits together; the written total can differ slightly (recorded)
-    modalities: dict = field(default_factory=lambda: {"image": 64, "text": 32})
-    seed: int = 7
-    name: str = "synthetic-catalog"
-    users_per_chunk: int = 100_000  # one interactions/part file per chunk
-    items_per_shard: int = 50_000  # one features/<m>/part file per shard
-    row_group_size: int = 8192  # feature row groups: the unit of ranged reads
-    feature_dtype: str = "float32"  # or "float16"
-    # planted structure (as SyntheticSpec, whose default tier has 100 items per cluster)
-    latent_dim: int = 16
-    unique_dim: int = 8
-    items_per_cluster: int = 100  # a larger catalogue has more clusters, not larger ones
-    n_clusters: int = 0  # 0 = round(n_items / items_per_cluster), at least 1
-    cluster_std: float = 0.6
-    affinity_scale: float = 1.0
-    unique_weight: float = 0.5
-    popularity_std: float = 0.5
-    count_sigma: float = 1.0
-    min_per_user: int = 5
-    feature_noise: float = 0.5
-    # per-user interests
-    n_interests: int = 5  # clusters a user draws from: its own and its favourites among the nearest
-    cluster_neighbours: int = 8  # related clusters a user's other interests come from
-    cluster_pool: int = 19  # ... the nearest of this many random others (see _related_clusters)
-    explore_items: int = 32  # uniformly drawn items added to every user's candidates (the long tail)
-    tail_items: int = 6000  # how many items those draws stand for (their weight; see tail_bonus)
-    oversample: float = 2.0  # heavier users get more interest clusters: >= oversample * count items
-    sparse_ids: bool = False  # raw ids 1000+3u / 10**6+7i instead of 0..n-1
-
-
-def n_clusters(spec: StreamSpec) -> int:
-    """Clusters of ``spec``: explicit, or one per ``items_per_cluster`` items."""
-    if spec.n_clusters:
-        return int(spec.n_clusters)
-    return max(1, int(round(spec.n_items / spec.items_per_cluster)))
-
-
-def _check_spec(spec: StreamSpec) -> None:
-    check_common_spec(spec)
-    if spec.feature_dtype not in ("float32", "float16"):
-        raise ValueError(f"feature_dtype must be 'float32' or 'float16', got {spec.feature_dtype!r}")
-    for key in ("users_per_chunk", "items_per_shard", "row_group_size", "items_per_cluster", "latent_dim",
-                "unique_dim", "n_interests"):
-        if getattr(spec, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(spec, key)}")
-    for key in ("n_clusters", "cluster_neighbours", "cluster_pool", "explore_items", "tail_items"):
-        if getattr(spec, key) < 0:
-            raise ValueError(f"{key} must be >= 0, got {getattr(spec, key)}")
-    if spec.oversample < 1.0:
-        raise ValueError(f"oversample must be >= 1, got {spec.oversample}")
-
-
-def _rng(spec: StreamSpec, *key: int) -> np.random.Generator:
-    return np.random.default_rng([int(spec.seed) & 0xFFFFFFFF, *key])
 
 
 def _related_clusters(rng: np.random.Generator, centres: np.ndarray, pool: int, m: int) -> np.ndarray:
@@ -201,9 +135,9 @@ class StreamModel:
     """
 
     def __init__(self, spec: StreamSpec):
-        _check_spec(spec)
+        check_stream_spec(spec)
         self.spec = spec
-        rng = _rng(spec, _RNG_ITEMS)
+        rng = stream_rng(spec, RNG_ITEMS)
         I, K, d, du = spec.n_items, n_clusters(spec), spec.latent_dim, spec.unique_dim
         self.n_clusters = K
         self.mods = list(spec.modalities)
@@ -265,19 +199,19 @@ class StreamModel:
     def user_clusters(self, chunk: int) -> np.ndarray:
         """Own cluster of each of a chunk's users."""
         lo, hi = self.chunk_bounds(chunk)
-        return self._user_latents(_rng(self.spec, _RNG_USERS, chunk), hi - lo)[0]
+        return self._user_latents(stream_rng(self.spec, RNG_USERS, chunk), hi - lo)[0]
 
     def user_vectors(self, chunk: int) -> np.ndarray:
         """user_vec [n, D] of a chunk's users (regenerated from the chunk's random stream)."""
         lo, hi = self.chunk_bounds(chunk)
-        return self._user_latents(_rng(self.spec, _RNG_USERS, chunk), hi - lo)[1]
+        return self._user_latents(stream_rng(self.spec, RNG_USERS, chunk), hi - lo)[1]
 
     def interests(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
         """(clusters [n, 1 + m] in each user's interest order, own first; how many it draws
         from [n]) of a chunk's users: replays the chunk's stream as :meth:`sample_chunk` does.
         A count above ``1 + m`` means the user draws from the whole catalogue."""
         lo, hi = self.chunk_bounds(chunk)
-        rng = _rng(self.spec, _RNG_USERS, chunk)
+        rng = stream_rng(self.spec, RNG_USERS, chunk)
         cl, uvec = self._user_latents(rng, hi - lo)
         counts = self._counts(rng, lo, hi)
         rank = self._interest_ranks(rng, cl, uvec)
@@ -427,7 +361,7 @@ class StreamModel:
         spec = self.spec
         lo, hi = self.chunk_bounds(chunk)
         n = hi - lo
-        rng = _rng(spec, _RNG_USERS, chunk)
+        rng = stream_rng(spec, RNG_USERS, chunk)
         cl, uvec = self._user_latents(rng, n)
         counts = self._counts(rng, lo, hi)
         rank = self._interest_ranks(rng, cl, uvec)
@@ -475,64 +409,21 @@ class StreamModel:
         return users, items, splits
 
 
-# --------------------------------------------------------------------------------------------
-# writing
-
-
-def _open_writer(fs: Any, path: str, schema: pa.Schema, stack: list, **kwargs: Any) -> pq.ParquetWriter:
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return pq.ParquetWriter(path, schema, **kwargs)
-    f = fs.open(path, "wb")
-    stack.append(f)
-    return pq.ParquetWriter(f, schema, **kwargs)
-
-
-def _write_parquet(fs: Any, path: str, schema: pa.Schema, tables: Any, **kwargs: Any) -> None:
-    """Write an iterable of tables (each written with ``write_table``) as one Parquet file."""
-    stack: list = []
-    try:
-        w = _open_writer(fs, path, schema, stack, **kwargs)
-        try:
-            for t, rg in tables:
-                w.write_table(t, row_group_size=rg)
-        finally:
-            w.close()
-    finally:
-        for f in stack:
-            f.close()
-
-
-def _clear(fs: Any, folder: str) -> None:
-    fs.makedirs(folder, exist_ok=True)
-    old = sorted(fs.glob(posixpath.join(folder, "part-*.parquet")))
-    if old:
-        fs.rm(old)
-
-
-def _part(k: int, n: int) -> str:
-    return f"part-{k:0{max(5, len(str(max(n - 1, 0))))}d}.parquet"
-
-
-def _spec_version(spec: StreamSpec) -> str:
-    blob = json.dumps(asdict(spec)).encode()
-    return f"stream{STREAM_GENERATOR_VERSION}-seed{spec.seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
 def _feature_map(model: StreamModel, mi: int) -> np.ndarray:
     """Modality ``mi``'s random linear map ``[z_i, v_im] -> features``."""
     spec = model.spec
     d, du = spec.latent_dim, spec.unique_dim
-    A = _rng(spec, _RNG_FEATURE_MAP, mi).standard_normal((d + du, int(spec.modalities[model.mods[mi]])), dtype=np.float32)
+    A = stream_rng(spec, RNG_FEATURE_MAP, mi).standard_normal((d + du, int(spec.modalities[model.mods[mi]])), dtype=np.float32)
     A /= np.float32(math.sqrt(d + du))
     return A
 
 
-def _feature_groups(model: StreamModel, mi: int, shard: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def feature_groups(model: StreamModel, mi: int, shard: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first item, end, float32 rows) of each row group of modality ``mi``'s feature ``shard``."""
     spec = model.spec
     m = model.mods[mi]
     A = _feature_map(model, mi)
-    rng = _rng(spec, _RNG_FEATURE_NOISE, mi, shard)
+    rng = stream_rng(spec, RNG_FEATURE_NOISE, mi, shard)
     lo, hi = shard * spec.items_per_shard, min(spec.n_items, (shard + 1) * spec.items_per_shard)
     for a in range(lo, hi, spec.row_group_size):
         b = min(hi, a + spec.row_group_size)
@@ -545,140 +436,4 @@ def feature_matrix(model: StreamModel, mi: int) -> np.ndarray:
     """All of modality ``mi``'s features as written (float32, before any float16 cast): for
     tests and diagnostics; the writer never holds more than a row group."""
     n_shards = -(-model.spec.n_items // model.spec.items_per_shard)
-    return np.concatenate([x for k in range(n_shards) for _, _, x in _feature_groups(model, mi, k)])
-
-
-def _write_features(fs: Any, path: str, model: StreamModel, say: Callable[[str], None]) -> None:
-    spec = model.spec
-    I = spec.n_items
-    np_dtype = np.float16 if spec.feature_dtype == "float16" else np.float32
-    pa_dtype = pa.float16() if spec.feature_dtype == "float16" else pa.float32()
-    n_shards = -(-I // spec.items_per_shard)
-    id_base, id_step = (10**6, 7) if spec.sparse_ids else (0, 1)
-    for mi, m in enumerate(model.mods):
-        dim = int(spec.modalities[m])
-        folder = posixpath.join(path, "features", m)
-        _clear(fs, folder)
-        schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa_dtype, dim))])
-        t0 = time.perf_counter()
-        for k in range(n_shards):
-
-            def groups(k: int = k, mi: int = mi):
-                for a, b, x in _feature_groups(model, mi, k):
-                    vals = pa.array(x.astype(np_dtype, copy=False).reshape(-1), pa_dtype)
-                    ids = pa.array(id_base + id_step * np.arange(a, b, dtype=np.int64), pa.int64())
-                    yield pa.Table.from_arrays([ids, pa.FixedSizeListArray.from_arrays(vals, dim)], schema=schema), b - a
-
-            _write_parquet(fs, posixpath.join(folder, _part(k, n_shards)), schema, groups(), use_dictionary=False)
-        say(f"features[{m}]: {I} x {dim} in {n_shards} shard(s), {time.perf_counter() - t0:.1f}s")
-
-
-def write_stream(
-    spec: StreamSpec, root: str, s3_endpoint_url: str = "", progress: Callable[[str], None] | None = print
-) -> str:
-    """Generate ``spec`` chunk by chunk into ``root`` (local path, ``file://`` or ``s3://``).
-
-    Memory: the item latents plus one user chunk's interactions and candidate blocks (~ a few
-    hundred MB at 2M x 200k x 50M with the default chunk size), independent of n_users and
-    n_interactions. ``dataset.json`` is written last with the exact counts.
-    """
-    say = progress or (lambda _msg: None)
-    _check_spec(spec)
-    t_start = time.perf_counter()
-    fs, path = make_filesystem(root, s3_endpoint_url)
-    fs.makedirs(path, exist_ok=True)
-    meta_path = posixpath.join(path, "dataset.json")
-    if fs.exists(meta_path):
-        fs.rm(meta_path)  # never pair an old dataset.json with half-written new shards
-
-    model = StreamModel(spec)
-    say(f"latents: {spec.n_items} items in {model.n_clusters} clusters ({time.perf_counter() - t_start:.1f}s)")
-    _write_features(fs, path, model, say)
-
-    ifolder = posixpath.join(path, "interactions")
-    _clear(fs, ifolder)
-    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("split", pa.int8())])
-    uid_base, uid_step, iid_base, iid_step = (1000, 3, 10**6, 7) if spec.sparse_ids else (0, 1, 0, 1)
-    n_chunks = model.n_chunks
-    total, split_counts = 0, np.zeros(3, dtype=np.int64)
-    t0 = time.perf_counter()
-    for c in range(n_chunks):
-        users, items, splits = model.sample_chunk(c)
-        total += users.size
-        split_counts += np.bincount(splits, minlength=3)
-        table = pa.Table.from_arrays(
-            [
-                pa.array(uid_base + uid_step * users if spec.sparse_ids else users, pa.int64()),
-                pa.array(iid_base + iid_step * items if spec.sparse_ids else items, pa.int64()),
-                pa.array(splits, pa.int8()),
-            ],
-            schema=schema,
-        )
-        del users, items, splits
-        _write_parquet(fs, posixpath.join(ifolder, _part(c, n_chunks)), schema, [(table, None)])
-        del table
-        dt = time.perf_counter() - t0
-        say(f"interactions chunk {c + 1}/{n_chunks}: {total} rows, {total / max(dt, 1e-9):,.0f} rows/s")
-
-    meta = DatasetMeta(
-        name=spec.name,
-        version=_spec_version(spec),
-        n_users=spec.n_users,
-        n_items=spec.n_items,
-        n_interactions=int(total),
-        modalities={m: int(spec.modalities[m]) for m in model.mods},
-        splits={name: int(split_counts[k]) for k, name in enumerate(SPLIT_NAMES)},
-    )
-    with fs.open(meta_path, "wb") as f:
-        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
-    fs.invalidate_cache()
-    say(
-        f"wrote {root}: {meta.n_users} users, {meta.n_items} items, {meta.n_interactions} interactions "
-        f"(requested {spec.n_interactions}) in {time.perf_counter() - t_start:.1f}s"
-    )
-    return root
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m sea_dist.data.synthetic_stream --users N --items N --interactions N --out ROOT``."""
-    p = argparse.ArgumentParser(
-        prog="python -m sea_dist.data.synthetic_stream",
-        description="Write a large seeded synthetic catalog (planted structure) in bounded memory.",
-    )
-    p.add_argument("--users", type=int, required=True)
-    p.add_argument("--items", type=int, required=True)
-    p.add_argument("--interactions", type=int, required=True)
-    p.add_argument("--out", required=True, help="dataset root: local path, file:// or s3:// URI")
-    p.add_argument("--image-dim", type=int, default=64)
-    p.add_argument("--text-dim", type=int, default=32)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--name", default="synthetic-catalog")
-    p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--users-per-chunk", type=int, default=100_000)
-    p.add_argument("--items-per-shard", type=int, default=50_000)
-    p.add_argument("--sparse-ids", action="store_true")
-    p.add_argument("--s3-endpoint-url", default="")
-    a = p.parse_args(argv)
-    spec = StreamSpec(
-        n_users=a.users,
-        n_items=a.items,
-        n_interactions=a.interactions,
-        modalities={"image": a.image_dim, "text": a.text_dim},
-        seed=a.seed,
-        name=a.name,
-        users_per_chunk=a.users_per_chunk,
-        items_per_shard=a.items_per_shard,
-        feature_dtype=a.feature_dtype,
-        sparse_ids=a.sparse_ids,
-    )
-    t0 = time.perf_counter()
-    try:
-        write_stream(spec, a.out, a.s3_endpoint_url, progress=lambda s: print(f"[{time.perf_counter() - t0:6.1f}s] {s}", flush=True))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return np.concatenate([x for k in range(n_shards) for _, _, x in feature_groups(model, mi, k)])

@@ -6,7 +6,7 @@ request or bad credentials will not fix itself, and retrying only delays a clear
 
 Two layers, innermost first:
 
-* **botocore**, per S3 request: the client that :func:`sea_dist.data.dataset.make_filesystem`
+* **botocore**, per S3 request: the client that :func:`sea_dist.storage.fs.make_filesystem`
   builds gets ``retries={"total_max_attempts": data.s3_max_attempts, "mode": data.s3_retry_mode}``
   and connect/read timeouts (:func:`s3_config_kwargs`). botocore's standard mode retries
   connection errors, timeouts, 500/502/503/504 and throttling codes (SlowDown, ...) with
@@ -27,7 +27,7 @@ connection and payload errors. s3fs turns a ``ClientError`` into ``FileNotFoundE
 chain is followed, so an ``OSError`` whose cause is a 503 is transient and one whose cause is a
 403 is not. An error that a retry layer already gave up on is not retried again by an outer
 one (no multiplied retries). An error of no known storage kind (a Parquet decoding error, a
-:class:`~sea_dist.data.dataset.DatasetError`, a bug) is not a storage fault: it is raised at
+:class:`~sea_dist.storage.errors.DatasetError`, a bug) is not a storage fault: it is raised at
 once and is the only kind that may be reported as bad data.
 
 The settings are process-wide (like logging's): :func:`configure_storage` applies a run's
@@ -43,6 +43,8 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
+
+from sea_dist.storage.errors import DatasetError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +110,6 @@ def _library_verdict(error: BaseException) -> str | None:
 
 
 def _verdict(error: BaseException) -> str | None:
-    from sea_dist.data.dataset import DatasetError
-
     if isinstance(error, DatasetError):
         return "data"
     if isinstance(error, _PERMANENT_OS_ERRORS):
