@@ -223,7 +223,7 @@ def test_metrics_equal_the_reference_on_the_same_parameters(run, index):
     ref_epoch = run["ref"]["epochs"][index]
     user_rep, item_rep = run["forwards"][index]
     for split, position in (("valid", 0), ("test", 1)):
-        ours = run["trainer"].evaluator.evaluate(user_rep, item_rep, split)
+        ours = run["trainer"].source.evaluator.evaluate(user_rep, item_rep, split)
         for name, value in ref_epoch[split].items():
             assert round(ours[name], 4) == pytest.approx(value, abs=1e-9), (split, name, ours[name], value)
         listed = ref_epoch["topk"][position]
