@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
@@ -40,42 +39,12 @@ from sea_dist.train.early_stopping import early_stopping
 from sea_dist.train.lr_schedule import lr_at, scaled_lr, set_lr
 from sea_dist.train.prefetch import InputThread, Prefetcher
 from sea_dist.train.progress import StepProgress
+from sea_dist.train.run_records import LOSS_TERMS, EpochTimes, Progress, epoch_line, epoch_record, throughput
 from sea_dist.train.sources import make_source
 from sea_dist.train.sources.base import StepInputs, peak_rss_mb
 from sea_dist.train.warm_start import MODEL_FILE, find_published, published_model_bytes
 
 log = logging.getLogger(__name__)
-
-LOSS_TERMS = ("total", "bpr", "club", "align")
-
-
-@dataclass
-class Progress:
-    """What a checkpoint restores besides the parameters (plain data: checkpoint-safe)."""
-
-    next_epoch: int = 0
-    best_epoch: int = -1
-    best_score: float = -math.inf
-    bad_epochs: int = 0
-    best_valid: dict = field(default_factory=dict)
-    best_test: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
-    # set by a mid-epoch checkpoint: {"epoch", "next_step", "sums", "times"}
-    partial_epoch: dict = field(default_factory=dict)
-
-
-@dataclass
-class EpochTimes:
-    sampling_s: float = 0.0  # DGL sampling and block conversion
-    feature_fetch_s: float = 0.0  # gathering the batch's raw feature rows
-    model_s: float = 0.0
-    club_fit_s: float = 0.0
-    input_wait_s: float = 0.0  # the step loop waiting for prepared inputs (prefetch fell behind)
-    eval_s: float = 0.0
-    train_s: float = 0.0
-    edges: int = 0
-    steps: int = 0
-
 
 class Trainer:
     """One worker's training run; what depends on the mode is its :attr:`source`."""
@@ -148,7 +117,7 @@ class Trainer:
             losses, times = self.train_epoch(epoch)
             valid, test, eval_s = self.validate()
             times.eval_s = eval_s
-            self._accumulate(totals, times)
+            totals.add(times)
             self.epochs_trained_here += 1
             improved, stop = self._record_epoch(epoch, losses, valid, test, times)
             self._checkpoint_and_report(epoch, improved, stop)
@@ -295,22 +264,7 @@ class Trainer:
             p.best_valid, p.best_test = dict(valid), dict(test)
             self.best_state = copy.deepcopy(self.parameters_state())
         p.next_epoch = epoch + 1
-        record = {
-            "epoch": epoch,
-            "loss": losses,
-            "valid": valid,
-            "test": test,
-            "best_epoch": p.best_epoch,
-            "train_s": round(times.train_s, 3),
-            "sampling_s": round(times.sampling_s, 3),
-            "feature_fetch_s": round(times.feature_fetch_s, 3),
-            "model_s": round(times.model_s, 3),
-            "club_fit_s": round(times.club_fit_s, 3),
-            "input_wait_s": round(times.input_wait_s, 3),
-            "eval_s": round(times.eval_s, 3),
-            "train_edges_per_s": times.edges / max(times.train_s, 1e-9),
-            "steps": times.steps,
-        }
+        record = epoch_record(epoch, losses, valid, test, p.best_epoch, times)
         p.history.append(record)
         if self.metrics is not None:
             self.metrics.record_epoch(epoch, losses, {"valid": valid, "test": test}, record["train_edges_per_s"])
@@ -384,11 +338,6 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.best_state = state["best_state"] or None
 
-    @staticmethod
-    def _accumulate(totals: EpochTimes, times: EpochTimes) -> None:
-        for name in asdict(times):
-            setattr(totals, name, getattr(totals, name) + getattr(times, name))
-
     # ---- outputs ------------------------------------------------------------------------
     def _restore_best(self) -> None:
         """Put the best epoch's network and table rows back (what is reported and exported)."""
@@ -404,8 +353,6 @@ class Trainer:
         rss = ctx.all_gather_rows(torch.tensor([[peak_rss_mb()]], dtype=torch.float64))
         edges = ctx.all_gather_rows(torch.tensor([[float(totals.edges)]], dtype=torch.float64))
         self._restore_best()
-        epochs_here = max(self.epochs_trained_here, 1)
-        train_s = max(totals.train_s, 1e-9)
         summary = {
             "mode": self.source.name,
             "warm_start": self.warm_start_report,
@@ -420,17 +367,7 @@ class Trainer:
             "popularity_test": popularity,
             "popularity_test_recall@20": popularity.get("recall@20"),
             "popularity_valid_recall@20": popularity_valid.get("recall@20"),
-            "throughput": {
-                "train_edges_per_s": float(edges.sum()) / train_s,
-                "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
-                "sampling_s_per_epoch": totals.sampling_s / epochs_here,
-                "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_here,
-                "model_s_per_epoch": totals.model_s / epochs_here,
-                "club_fit_s_per_epoch": totals.club_fit_s / epochs_here,
-                "input_wait_s_per_epoch": totals.input_wait_s / epochs_here,
-                "eval_s_per_epoch": totals.eval_s / epochs_here,
-                "train_s_per_epoch": totals.train_s / epochs_here,
-            },
+            "throughput": throughput(totals, edges, self.epochs_trained_here),
             "peak_rss_mb_per_worker": [round(float(v), 1) for v in rss.flatten()],
             "wall_s": wall_s,
             "output_dir": redact_uri(self.cfg.output.output_dir),
@@ -459,13 +396,3 @@ class Trainer:
             keep_runs=self.cfg.output.keep_runs,
         )
 
-
-def epoch_line(epoch: int, losses: dict, metric: str, score: float, test: dict, times: EpochTimes, improved: bool) -> str:
-    """The one console line per epoch (``*``: a new best epoch)."""
-    return (
-        f"epoch {epoch:4d} | loss {losses['total']:.4f} (bpr {losses['bpr']:.4f} "
-        f"club {losses['club']:.4f} align {losses['align']:.4f}) | valid {metric} "
-        f"{score:.4f} | test {metric} {test[metric]:.4f} | "
-        f"{times.train_s:.1f}s train, {times.eval_s:.1f}s eval"
-        + (" *" if improved else "")
-    )
