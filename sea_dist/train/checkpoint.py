@@ -13,7 +13,7 @@ Layout of one checkpoint directory:
   other shards (at catalog size a shard is gigabytes).
 
 Files are written to a local directory (Ray Train uploads it, through the filesystem
-:func:`sea_dist.train.launcher.storage_for` gives it, whose S3 client retries per request).
+:func:`sea_dist.train.ray_run.storage_for` gives it, whose S3 client retries per request).
 Reading a shard from storage is retried whole on transient storage faults; a missing file
 or denied read fails at once.
 """

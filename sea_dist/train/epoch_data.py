@@ -127,3 +127,42 @@ class EpochPlan:
         stop = min(start + self.batch_size, len(self.users))
         bounds = np.linspace(start, stop, world_size + 1).astype(np.int64)
         return float(bounds[rank + 1] - bounds[rank]) * world_size / max(stop - start, 1)
+
+
+class PartitionEpochPlan:
+    """Partitioned mode: this worker's shuffled triples of one epoch, cut into the world's
+    common step count.
+
+    Holds the shuffle order and the negatives only; a step's users and positives are gathered
+    from the training edges when asked for (two fewer edge-sized arrays per worker).
+    """
+
+    def __init__(
+        self, users, items, negatives: NegativeSampler, steps: int, seed: int, epoch: int, rank: int,
+        edges_per_rank: list[int],
+    ):
+        rng = np.random.default_rng([seed, epoch, rank])
+        self.order = rng.permutation(len(users))
+        self.train_users, self.train_items = users, items
+        self.neg = negatives.sample(users[self.order], rng)
+        self.bounds = np.linspace(0, len(users), steps + 1).astype(np.int64)
+        self.steps = steps
+        # every rank's batch size at every step (the same linspace cut of its edge count)
+        self.global_batch = sum(
+            np.diff(np.linspace(0, n, steps + 1).astype(np.int64)) for n in edges_per_rank
+        )
+
+    def num_steps(self, world_size: int = 1) -> int:
+        return self.steps
+
+    def local_batch(self, step: int, rank: int, world_size: int):
+        lo, hi = self.bounds[step], self.bounds[step + 1]
+        picked = self.order[lo:hi]
+        return self.train_users[picked], self.train_items[picked], self.neg[lo:hi]
+
+    def loss_weight(self, step: int, rank: int, world_size: int) -> float:
+        """Batches are proportional to the partitions' edge counts, so workers' batches differ:
+        scale the local mean loss by ``local * world / global`` and DDP's equal-weight average
+        becomes the mean over the global batch (every triple weighs the same)."""
+        local = int(self.bounds[step + 1] - self.bounds[step])
+        return local * world_size / max(int(self.global_batch[step]), 1)

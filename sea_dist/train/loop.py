@@ -1,115 +1,54 @@
 """The per-worker training loop: read this top to bottom to follow a run.
 
-    setup (data -> graph -> model) -> for each epoch: plan triples -> steps -> validate ->
-    checkpoint/report -> early stop -> final outputs (rank 0)
+    setup (source: data -> graph; model; tables) -> for each epoch: plan triples -> steps ->
+    validate -> checkpoint/report -> early stop -> final outputs
 
-One loop serves both modes. Full-graph mode (one process) computes the reference's exact
-forward over the whole graph every step; sampled mode draws each step's computation graph with
-DGL, wraps the dense network in DDP and trains the per-user tables sparsely. Everything
-distributed goes through :class:`~sea_dist.train.distributed.WorkerContext`.
+One loop serves every mode; what a mode changes is its batch source
+(:mod:`sea_dist.train.sources`): full graph (one process, the reference's exact forward over
+the whole graph every step), replicated sampled (DGL-sampled steps, DDP, replicated sparse user
+tables) and partitioned (one partition per worker, sharded tables). The source plans each epoch,
+prepares each step's inputs, reads and updates the user tables and computes the evaluation and
+export embeddings; this module owns the network, CLUB's Q, their optimizers and the progress
+record. Everything distributed goes through :class:`~sea_dist.runtime.distributed.WorkerContext`.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
-import resource
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from sea_dist.config import Config
 from sea_dist.config import config_to_dict
-from sea_dist.data.dataset import Dataset, load_dataset
-from sea_dist.storage.ids import ids_to_state
-from sea_dist.train.progress import StepProgress
-from sea_dist.eval.evaluator import Evaluator
-from sea_dist.graph.build import TrainGraph, build_train_graph
+from sea_dist.data.dataset import Dataset
 from sea_dist.graph.dgl_compat import dgl
-from sea_dist.graph.sampler import BatchSampler
-from sea_dist.model.blocks import MiniBatch
 from sea_dist.model.objective import ClubEstimators, LossTerms, fit_club_step, sea_losses
-from sea_dist.model.sea import SEA, UserTables
+from sea_dist.model.sea import SEA
 from sea_dist.ops.metrics import TrainingMetrics
 from sea_dist.ops.outputs import RunOutputs
-from sea_dist.ops.publish import Publisher, config_fingerprint
+from sea_dist.ops.publish import config_fingerprint
 from sea_dist.ops.redact import redact_config, redact_uri
 from sea_dist.ops.report import render_report
-from sea_dist.storage.retry import with_retries
-from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.runtime.distributed import WorkerContext
+from sea_dist.train.checkpoint import save_checkpoint
 from sea_dist.train.early_stopping import early_stopping
-from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
 from sea_dist.train.lr_schedule import lr_at, scaled_lr, set_lr
 from sea_dist.train.prefetch import InputThread, Prefetcher
-from sea_dist.train.sparse_tables import synchronize_sparse_gradients
-from sea_dist.train.warm_start import (
-    MODEL_FILE,
-    apply_warm_start,
-    load_published_model,
-    published_model_bytes,
-)
+from sea_dist.train.progress import StepProgress
+from sea_dist.train.run_records import LOSS_TERMS, EpochTimes, Progress, epoch_line, epoch_record, throughput
+from sea_dist.train.sources import make_source
+from sea_dist.train.sources.base import StepInputs, peak_rss_mb
+from sea_dist.train.warm_start import MODEL_FILE, find_published, published_model_bytes
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("total", "bpr", "club", "align")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@dataclass
-class Progress:
-    """What a checkpoint restores besides the parameters (plain data: checkpoint-safe)."""
-
-    next_epoch: int = 0
-    best_epoch: int = -1
-    best_score: float = -math.inf
-    bad_epochs: int = 0
-    best_valid: dict = field(default_factory=dict)
-    best_test: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
-    # set by a mid-epoch checkpoint: {"epoch", "next_step", "sums", "times"}
-    partial_epoch: dict = field(default_factory=dict)
-
-
-@dataclass
-class StepInputs:
-    """One step's inputs, prepared ahead of it (:meth:`Trainer.prepare_step`)."""
-
-    users: np.ndarray
-    pos: np.ndarray
-    neg: np.ndarray
-    loss_weight: float
-    loss_rng: torch.Generator
-    batch: MiniBatch | None = None  # sampled modes: the computation graph
-    features: dict[str, torch.Tensor] | None = None  # its input items' raw feature rows
-    sample_s: float = 0.0
-    fetch_s: float = 0.0
-    fetched_bytes: int = 0
-
-
-@dataclass
-class EpochTimes:
-    sampling_s: float = 0.0  # DGL sampling and block conversion
-    feature_fetch_s: float = 0.0  # gathering the batch's raw feature rows
-    model_s: float = 0.0
-    club_fit_s: float = 0.0
-    input_wait_s: float = 0.0  # the step loop waiting for prepared inputs (prefetch fell behind)
-    eval_s: float = 0.0
-    train_s: float = 0.0
-    edges: int = 0
-    steps: int = 0
-
-
 class Trainer:
+    """One worker's training run; what depends on the mode is its :attr:`source`."""
+
     def __init__(
         self,
         cfg: Config,
@@ -120,42 +59,33 @@ class Trainer:
     ):
         self.cfg, self.ctx = cfg, ctx
         self.metrics = metrics
-        self.full_graph_mode = cfg.train.full_graph
-        self.mode_name = "full_graph" if self.full_graph_mode else "sampled"
         self.device = ctx.device
         torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
         self.input_thread = InputThread.shared()  # every step's sampling and fetching happen there
 
-        self.dataset = dataset
-        self._setup_data()
-        if ctx.is_main and any(self.evaluator.skipped_users.values()):
+        self.source = make_source(cfg, ctx, dataset)  # graph, features, negatives, evaluator
+        evaluator = self.source.evaluator
+        if ctx.is_main and any(evaluator.skipped_users.values()):
             log.warning(
                 "not evaluated (no training interactions, MMRec convention): %d validation and "
                 "%d test users",
-                self.evaluator.skipped_users["valid"],
-                self.evaluator.skipped_users["test"],
+                evaluator.skipped_users["valid"],
+                evaluator.skipped_users["test"],
             )
 
         # model: dense network, per-user tables, CLUB's Q — three optimizers, as in docs/model.md ("Optimisation")
-        self.model = SEA(self.modality_dims, cfg.model).to(self.device)
+        self.model = SEA(self.source.modality_dims, cfg.model).to(self.device)
         if not self.model.alignment and ctx.is_main:
             log.warning(
                 "one modality (%s): SEA's alignment (Solosim) term is off; separation and BPR remain",
                 ", ".join(self.model.modalities),
             )
-        self._make_tables()
+        self.tables = self.source.make_tables(self.model.modalities)
         self.club = ClubEstimators(self.model.modalities, cfg.model).to(self.device)
         lr = cfg.train.lr
-        if self.full_graph_mode:  # the reference: one dense Adam over network and tables
-            self.optimizer = torch.optim.Adam(
-                list(self.model.parameters()) + list(self.tables.parameters()), lr=lr
-            )
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(list(self.model.parameters()) + self.source.dense_table_parameters(), lr=lr)
         self.club_optimizer = torch.optim.Adam(self.club.parameters(), lr=lr)
-        self.step_model = self.model
-        if ctx.world_size > 1 and not self.full_graph_mode:
-            self.step_model = DistributedDataParallel(self.model)
+        self.step_model = self.source.training_model(self.model)
 
         self.progress = Progress()
         self.epochs_trained_here = 0  # for per-epoch averages after a resume
@@ -166,64 +96,17 @@ class Trainer:
             log.info("resumed at epoch %d", self.progress.next_epoch)
         elif cfg.train.warm_start:
             latest = cfg.train.warm_start == "latest"
-            source = cfg.output.output_dir if latest else cfg.train.warm_start
-            if latest and Publisher(source, cfg.data.s3_endpoint_url).read_manifest() is None:
-                # the first night of a deployment: nothing to start from yet
-                log.warning("warm start: nothing published under %s yet; training from scratch", source)
-            else:
-                published = load_published_model(source, cfg.data.s3_endpoint_url)
-                self.warm_start_report = apply_warm_start(self, published)
+            published = find_published(
+                cfg.output.output_dir if latest else cfg.train.warm_start, latest, cfg.data.s3_endpoint_url
+            )
+            if published is not None:
+                self.warm_start_report = self.source.warm_start(published, self.model, self.club, self.optimizer)
         self.outputs = (
             RunOutputs(cfg.output.output_dir, cfg.data.s3_endpoint_url) if ctx.is_main else None
         )
         if self.outputs is not None:
             for record in self.progress.history:  # a resumed run keeps its earlier epochs
                 self.outputs.append_metrics(record)
-
-    # ---- setup ----------------------------------------------------------------------------
-    def _setup_data(self) -> None:
-        """Dataset -> training graph, features, negatives, sampler and evaluator (every
-        worker holds the whole graph; :class:`~sea_dist.train.partitioned.PartitionedTrainer`
-        replaces this with one partition)."""
-        cfg, ctx = self.cfg, self.ctx
-        self.dataset = self.dataset or with_retries(
-            lambda: load_dataset(cfg.data.root, cfg.data.s3_endpoint_url), f"reading {cfg.data.root}"
-        )
-        ds = self.dataset
-        self.modality_dims = dict(ds.meta.modalities)
-        self.train_users, self.train_items = ds.split_edges(0)
-        self.graph: TrainGraph = build_train_graph(
-            ds.n_users, ds.n_items, self.train_users, self.train_items, ds.features, cfg.graph
-        )
-        self.full_graph = self.graph.full_graph().to(self.device)
-        self.features = {m: torch.from_numpy(f).to(self.device) for m, f in ds.features.items()}
-        self.negatives = NegativeSampler(
-            self.train_users, self.train_items, ds.n_items, rule=cfg.train.negative_items
-        )
-        self.sampler = None
-        if not self.full_graph_mode:
-            self.sampler = BatchSampler(
-                self.graph, cfg.graph.fanouts, cfg.graph.knn_fanout, cfg.model.n_mm_layers
-            )
-        self.evaluator = Evaluator(
-            ds.n_users,
-            ds.n_items,
-            {name: ds.split_edges(i) for i, name in enumerate(("train", "valid", "test"))},
-            cfg.eval,
-            ctx,
-        )
-
-    def _make_tables(self) -> None:
-        """The per-user tables and their optimizer (sampled mode: replicated, sparse)."""
-        self.tables = UserTables(
-            self.dataset.n_users,
-            self.model.modalities,
-            self.cfg.model.embedding_dim,
-            sparse=not self.full_graph_mode,
-        ).to(self.device)
-        self.table_optimizer = None
-        if not self.full_graph_mode:
-            self.table_optimizer = torch.optim.SparseAdam(list(self.tables.parameters()), lr=self.cfg.train.lr)
 
     # ---- the run ------------------------------------------------------------------------
     def fit(self) -> dict | None:
@@ -234,7 +117,7 @@ class Trainer:
             losses, times = self.train_epoch(epoch)
             valid, test, eval_s = self.validate()
             times.eval_s = eval_s
-            self._accumulate(totals, times)
+            totals.add(times)
             self.epochs_trained_here += 1
             improved, stop = self._record_epoch(epoch, losses, valid, test, times)
             self._checkpoint_and_report(epoch, improved, stop)
@@ -246,7 +129,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], EpochTimes]:
         cfg, ctx = self.cfg, self.ctx
         self.model.train()
-        plan = self._epoch_plan(epoch)
+        plan = self.source.plan_epoch(epoch)
         steps = plan.num_steps(ctx.world_size)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -263,7 +146,7 @@ class Trainer:
         prefetch = Prefetcher(
             lambda step: self.prepare_step(plan, epoch, step),
             range(first_step, steps),
-            self._prefetch_depth(),
+            self.source.prefetch_depth,
             self.input_thread,
         )
         with prefetch:
@@ -291,12 +174,6 @@ class Trainer:
         times.train_s = train_s_before + time.monotonic() - started
         return {k: v / max(steps, 1) for k, v in sums.items()}, times
 
-    def _epoch_plan(self, epoch: int) -> EpochPlan:
-        cfg = self.cfg
-        return EpochPlan(
-            self.train_users, self.train_items, self.negatives, cfg.train.batch_size, cfg.train.seed, epoch
-        )
-
     def _seed_step(self, epoch: int, step: int) -> torch.Generator:
         """Per-(epoch, step, rank) random streams for sampling and the CLUB bound's
         permutation: a run resumed at any step replays exactly what it would have done."""
@@ -307,15 +184,12 @@ class Trainer:
     def _scheduled_optimizers(self) -> list:
         """The optimizers the lr recipe drives: the dense network's and the user tables'
         (Q's fit keeps the configured lr: its data does not grow with the batch)."""
-        return [self.optimizer, self.table_optimizer]
-
-    def _prefetch_depth(self) -> int:
-        """Steps prepared ahead; the full-graph mode has nothing to prepare."""
-        return 0 if self.sampler is None else self.cfg.train.prefetch_batches
+        return [self.optimizer, *self.source.table_optimizers()]
 
     def prepare_step(self, plan, epoch: int, step: int) -> StepInputs:
         """Everything a step needs that involves no other rank: its triples and loss weight,
-        its random streams, and (sampled modes) its computation graph and feature rows.
+        its random streams, and what the source prepares (sampled modes: the computation graph
+        and its feature rows).
 
         Runs on the prefetch thread (:mod:`sea_dist.train.prefetch`), ahead of the step.
         """
@@ -324,13 +198,7 @@ class Trainer:
         inputs = StepInputs(
             users, pos, neg, plan.loss_weight(step, ctx.rank, ctx.world_size), self._seed_step(epoch, step)
         )
-        if self.sampler is None:
-            return inputs
-        started = time.monotonic()
-        inputs.batch = self._sample(*(torch.from_numpy(a) for a in (users, pos, neg)))
-        sampled = time.monotonic()
-        inputs.features, inputs.fetched_bytes = self._fetch_features(inputs.batch.input_items)
-        inputs.sample_s, inputs.fetch_s = sampled - started, time.monotonic() - sampled
+        self.source.prepare_inputs(inputs)
         return inputs
 
     def train_step(self, inputs: StepInputs, times: EpochTimes) -> LossTerms:
@@ -342,9 +210,9 @@ class Trainer:
             self.model, self.club, pos_scores, neg_scores, views, self.cfg.model, inputs.loss_rng
         )
         self.optimizer.zero_grad(set_to_none=True)
-        self._zero_table_grads()
+        self.source.zero_table_grads()
         (terms.total * inputs.loss_weight).backward()  # DDP all-reduces (averages) dense gradients here
-        self._sync_table_grads(rows)
+        self.source.push_table_grads(rows)
         backward_done = time.monotonic()
         # Q is fitted after the main backward and before the main step, as the reference does,
         # on every worker's rows (gathered once; each worker then runs the identical fit).
@@ -354,7 +222,7 @@ class Trainer:
         )
         fitted = time.monotonic()
         self.optimizer.step()
-        self._step_tables()
+        self.source.step_tables()
         done = time.monotonic()
         times.sampling_s += inputs.sample_s
         times.feature_fetch_s += inputs.fetch_s
@@ -364,60 +232,23 @@ class Trainer:
 
     def _forward(self, inputs: StepInputs):
         """(pos scores, neg scores, auxiliary views, the table rows the model read)."""
-        if inputs.batch is None:  # full graph: the reference's forward over everything
-            user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
-            views = self.model.auxiliary_views(self.features)
-            u = user_rep[torch.from_numpy(inputs.users).to(self.device)]
-            pos = (u * item_rep[torch.from_numpy(inputs.pos).to(self.device)]).sum(1)
-            neg = (u * item_rep[torch.from_numpy(inputs.neg).to(self.device)]).sum(1)
-            return pos, neg, views, self.tables
-        rows = self._gather_table_rows(inputs.batch)  # a collective when tables are sharded
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16"):
-            out = self.step_model(inputs.batch.to(self.device), inputs.features, rows)
-        views = out.views.to_float() if self.cfg.train.precision == "bf16" else out.views  # losses in fp32
-        return out.pos_scores.float(), out.neg_scores.float(), views, rows
-
-    def _sample(self, users_t, pos_t, neg_t):
-        return self.sampler.sample(users_t, pos_t, neg_t)
-
-    def _fetch_features(self, items: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
-        """The raw feature rows of ``items`` per modality, and the bytes gathered."""
-        inputs = {m: f[items.to(self.device)] for m, f in self.features.items()}
-        return inputs, sum(t.numel() * t.element_size() for t in inputs.values())
-
-    def _gather_table_rows(self, batch):
-        """What the model looks the batch's user rows up in (here: the replicated tables)."""
-        return self.tables
-
-    def _zero_table_grads(self) -> None:
-        if self.table_optimizer is not None:
-            self.table_optimizer.zero_grad(set_to_none=True)
-
-    def _sync_table_grads(self, rows) -> None:
-        if self.table_optimizer is not None:
-            synchronize_sparse_gradients(self.tables, self.ctx)
-
-    def _step_tables(self) -> None:
-        if self.table_optimizer is not None:
-            self.table_optimizer.step()
-
-    def item_degree_of(self, items: np.ndarray) -> np.ndarray:
-        """Training degree of the given item indices (0 = a cold-start item)."""
-        return self.graph.item_degree[torch.from_numpy(np.asarray(items, dtype=np.int64))].numpy()
+        return self.source.forward(self.step_model, inputs)
 
     @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every user's and item's final representation (eval mode, full propagation)."""
+    def embeddings(self, evaluation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's and item's final representation (eval mode, exact propagation); with
+        ``evaluation``, only the rows the evaluator ranks need to be right."""
         self.model.eval()
-        user_rep, item_rep = self.model.forward_full(self.features, self.tables, self.full_graph)
+        user_rep, item_rep = self.source.embeddings(self.model, evaluation)
         self.model.train()
         return user_rep, item_rep
 
     def validate(self) -> tuple[dict, dict, float]:
         started = time.monotonic()
-        user_rep, item_rep = self.embeddings()
-        valid = self.evaluator.evaluate(user_rep, item_rep, "valid")
-        test = self.evaluator.evaluate(user_rep, item_rep, "test")
+        user_rep, item_rep = self.embeddings(evaluation=True)
+        evaluator = self.source.evaluator
+        valid = evaluator.evaluate(user_rep, item_rep, "valid")
+        test = evaluator.evaluate(user_rep, item_rep, "test")
         return valid, test, time.monotonic() - started
 
     # ---- bookkeeping --------------------------------------------------------------------
@@ -433,44 +264,16 @@ class Trainer:
             p.best_valid, p.best_test = dict(valid), dict(test)
             self.best_state = copy.deepcopy(self.parameters_state())
         p.next_epoch = epoch + 1
-        record = {
-            "epoch": epoch,
-            "loss": losses,
-            "valid": valid,
-            "test": test,
-            "best_epoch": p.best_epoch,
-            "train_s": round(times.train_s, 3),
-            "sampling_s": round(times.sampling_s, 3),
-            "feature_fetch_s": round(times.feature_fetch_s, 3),
-            "model_s": round(times.model_s, 3),
-            "club_fit_s": round(times.club_fit_s, 3),
-            "input_wait_s": round(times.input_wait_s, 3),
-            "eval_s": round(times.eval_s, 3),
-            "train_edges_per_s": times.edges / max(times.train_s, 1e-9),
-            "steps": times.steps,
-        }
+        record = epoch_record(epoch, losses, valid, test, p.best_epoch, times)
         p.history.append(record)
         if self.metrics is not None:
             self.metrics.record_epoch(epoch, losses, {"valid": valid, "test": test}, record["train_edges_per_s"])
-            self.metrics.record_cache(self._cache_hit_ratio())
+            self.metrics.record_cache(self.source.cache_hit_ratio())
         if self.outputs is not None:
             self.outputs.append_metrics(record)
         if self.ctx.is_main:
-            metric = self.cfg.eval.valid_metric
-            print(
-                f"epoch {epoch:4d} | loss {losses['total']:.4f} (bpr {losses['bpr']:.4f} "
-                f"club {losses['club']:.4f} align {losses['align']:.4f}) | valid {metric} "
-                f"{score:.4f} | test {metric} {test[metric]:.4f} | "
-                f"{times.train_s:.1f}s train, {times.eval_s:.1f}s eval"
-                + (" *" if improved else ""),
-                file=sys.stderr,  # progress on stderr; stdout carries results (tables, JSON)
-                flush=True,
-            )
+            log.info(epoch_line(epoch, losses, self.cfg.eval.valid_metric, score, test, times, improved))
         return improved, verdict.stop
-
-    def _cache_hit_ratio(self) -> float:
-        """Share of feature rows served without a read (here: all, features are in memory)."""
-        return 1.0
 
     def _checkpoint_and_report(self, epoch: int, improved: bool, stop: bool) -> None:
         every = max(self.cfg.train.checkpoint_every_epochs, 1)
@@ -478,11 +281,11 @@ class Trainer:
         self._report(dict(self.progress.history[-1], kind="epoch"), checkpoint=want_checkpoint)
 
     def _report(self, metrics: dict, checkpoint: bool) -> None:
-        """Every rank reports (Ray requires the same number of calls); the ranks that
-        :meth:`_attaches_checkpoint` attach what :meth:`_write_checkpoint` wrote."""
+        """Every rank reports (Ray requires the same number of calls); the ranks whose source
+        attaches a checkpoint attach what :meth:`_write_checkpoint` wrote."""
         if self.ctx.report is None:
             return
-        if not (checkpoint and self._attaches_checkpoint()):
+        if not (checkpoint and self.source.attaches_checkpoint()):
             self.ctx.report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="sea_ckpt_") as directory:
@@ -491,144 +294,100 @@ class Trainer:
                 self.metrics.record_checkpoint(size)
             self.ctx.report(metrics, directory)
 
-    def _attaches_checkpoint(self) -> bool:
-        return self.ctx.is_main  # every rank holds the same state: rank 0's file is enough
-
     def _write_checkpoint(self, directory: str) -> int:
-        """Write this rank's checkpoint files into ``directory``; their size in bytes."""
-        return os.path.getsize(save_checkpoint(directory, self.state_dict()))
+        """This rank's checkpoint files in ``directory`` (the source's own file, if its mode
+        has one; ``state.pt`` from rank 0); their size in bytes."""
+        size = self.source.write_rank_checkpoint(directory, asdict(self.progress), self.best_state)
+        if self.ctx.is_main:
+            size += os.path.getsize(save_checkpoint(directory, self.state_dict()))
+        return size
 
     def published_state(self) -> dict:
-        """What a later run warm-starts from: the (best) parameters with the raw ids their
-        rows belong to; checkpoint-safe types only."""
-        state = self.parameters_state()
-        state.update(
-            user_raw_ids=ids_to_state(self.dataset.user_raw_ids),
-            item_raw_ids=ids_to_state(self.dataset.item_raw_ids),
-            modalities=list(self.model.modalities),
-            mode=self.mode_name,
-            # dense-only Adam in sampled mode; full-graph mode's Adam also spans the user tables
-            dense_optimizer={} if self.full_graph_mode else self.optimizer.state_dict(),
-        )
-        return state
+        """What a later run warm-starts from: the (best) parameters, and what the source adds
+        (the raw ids the user rows belong to); checkpoint-safe types only."""
+        return self.source.published_state(self.parameters_state(), self.model.modalities, self.optimizer)
 
     def parameters_state(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "tables": self.tables.state_dict(),
+            "tables": self.source.table_rows_state(),
             "club": self.club.state_dict(),
         }
 
     def state_dict(self) -> dict:
-        state = self.parameters_state()
-        state.update(
-            optimizer=self.optimizer.state_dict(),
-            table_optimizer=self.table_optimizer.state_dict() if self.table_optimizer else {},
-            club_optimizer=self.club_optimizer.state_dict(),
-            progress=asdict(self.progress),
-            best_state=self.best_state or {},
-        )
-        return state
+        """``state.pt``: what the ranks share (a partitioned rank's table shard is in its own file)."""
+        tables, table_optimizer = self.source.shared_table_state()
+        return {
+            "model": self.model.state_dict(),
+            "tables": tables,
+            "club": self.club.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "table_optimizer": table_optimizer,
+            "club_optimizer": self.club_optimizer.state_dict(),
+            "progress": asdict(self.progress),
+            "best_state": self.source.shared_best_state(self.best_state),
+        }
 
     def load_state(self, state: dict) -> None:
+        state = self.source.checkpoint_to_load(state)
         self.model.load_state_dict(state["model"])
-        self.tables.load_state_dict(state["tables"])
+        self.source.load_shared_table_state(state["tables"], state["table_optimizer"])
         self.club.load_state_dict(state["club"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.table_optimizer is not None and state["table_optimizer"]:
-            self.table_optimizer.load_state_dict(state["table_optimizer"])
         self.club_optimizer.load_state_dict(state["club_optimizer"])
         self.progress = Progress(**state["progress"])
         self.best_state = state["best_state"] or None
-
-    @staticmethod
-    def _accumulate(totals: EpochTimes, times: EpochTimes) -> None:
-        for name in asdict(times):
-            setattr(totals, name, getattr(totals, name) + getattr(times, name))
 
     # ---- outputs ------------------------------------------------------------------------
     def _restore_best(self) -> None:
         """Put the best epoch's network and table rows back (what is reported and exported)."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
-            self._load_table_rows(self.best_state["tables"])
-
-    def _load_table_rows(self, state: dict) -> None:
-        self.tables.load_state_dict(state)
+            self.source.load_table_rows(self.best_state["tables"])
 
     def summary(self, totals: EpochTimes, wall_s: float) -> dict:
         """Final metrics; every rank takes part in the gathers, rank 0 gets the result."""
-        p, ctx = self.progress, self.ctx
-        popularity = self.evaluator.popularity("test")
-        popularity_valid = self.evaluator.popularity("valid")  # what validation curves compare to
+        p, ctx, evaluator = self.progress, self.ctx, self.source.evaluator
+        popularity = evaluator.popularity("test")
+        popularity_valid = evaluator.popularity("valid")  # what validation curves compare to
         rss = ctx.all_gather_rows(torch.tensor([[peak_rss_mb()]], dtype=torch.float64))
         edges = ctx.all_gather_rows(torch.tensor([[float(totals.edges)]], dtype=torch.float64))
         self._restore_best()
-        epochs_here = max(self.epochs_trained_here, 1)
-        train_s = max(totals.train_s, 1e-9)
-        return {
-            "mode": self.mode_name,
+        summary = {
+            "mode": self.source.name,
             "warm_start": self.warm_start_report,
             "world_size": ctx.world_size,
-            "dataset": self._dataset_summary(),
+            "dataset": self.source.dataset_summary(),
             "epochs_run": len(p.history),
-            "evaluated_users": {name: len(self.evaluator.splits[name]) for name in ("valid", "test")},
-            "skipped_eval_users_without_training": dict(self.evaluator.skipped_users),
+            "evaluated_users": {name: len(evaluator.splits[name]) for name in ("valid", "test")},
+            "skipped_eval_users_without_training": dict(evaluator.skipped_users),
             "best_epoch": p.best_epoch,
             "valid": p.best_valid,
             "test": p.best_test,
             "popularity_test": popularity,
             "popularity_test_recall@20": popularity.get("recall@20"),
             "popularity_valid_recall@20": popularity_valid.get("recall@20"),
-            "throughput": {
-                "train_edges_per_s": float(edges.sum()) / train_s,
-                "train_edges_per_s_per_worker": float(edges.mean()) / train_s,
-                "sampling_s_per_epoch": totals.sampling_s / epochs_here,
-                "feature_fetch_s_per_epoch": totals.feature_fetch_s / epochs_here,
-                "model_s_per_epoch": totals.model_s / epochs_here,
-                "club_fit_s_per_epoch": totals.club_fit_s / epochs_here,
-                "input_wait_s_per_epoch": totals.input_wait_s / epochs_here,
-                "eval_s_per_epoch": totals.eval_s / epochs_here,
-                "train_s_per_epoch": totals.train_s / epochs_here,
-            },
+            "throughput": throughput(totals, edges, self.epochs_trained_here),
             "peak_rss_mb_per_worker": [round(float(v), 1) for v in rss.flatten()],
             "wall_s": wall_s,
             "output_dir": redact_uri(self.cfg.output.output_dir),
             "config": redact_config(config_to_dict(self.cfg)),
         }
-
-    def _dataset_summary(self) -> dict:
-        return {
-            "name": self.dataset.meta.name,
-            "version": self.dataset.meta.version,
-            "root": redact_uri(self.dataset.root),
-            "n_users": self.dataset.n_users,
-            "n_items": self.dataset.n_items,
-            "n_train": int(len(self.train_users)),
-            "modalities": dict(self.dataset.meta.modalities),
-        }
+        summary.update(self.source.summary_extras(totals.steps, self.epochs_trained_here))
+        return summary
 
     def write_outputs(self, summary: dict) -> None:
-        """Rank 0: stage the best epoch's embeddings (raw ids), report.html and summary.json
-        under runs/<publish_id>/, then publish them with MANIFEST.json (written last)."""
-        if self.outputs is None:
+        """Stage the best epoch's embeddings (raw ids; a collective where the source says so),
+        then on rank 0 report.html and summary.json under runs/<publish_id>/, and publish them
+        with MANIFEST.json (written last). The best epoch's parameters are in place already:
+        :meth:`summary` put them back."""
+        staged = self.source.stage_outputs(self.embeddings)
+        if staged is None:
             return
-        cfg = self.cfg
-        publisher = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url)
-        publish_id = publisher.new_publish_id(cfg.train.run_name)
-        staged = RunOutputs(publisher.run_prefix(publish_id), cfg.data.s3_endpoint_url)
-        if cfg.output.write_embeddings:
-            user_rep, item_rep = self.embeddings()
-            staged.write_embeddings("users", self.dataset.user_raw_ids, user_rep)
-            staged.write_embeddings("items", self.dataset.item_raw_ids, item_rep)
-        self._publish(publisher, staged, publish_id, summary, self.dataset.meta.version)
-
-    def _publish(self, publisher: Publisher, staged: RunOutputs, publish_id: str, summary: dict, version: str) -> None:
-        """Rank 0, after every embedding file is staged: model, report, summary, then the
-        manifest that makes them the published model."""
-        staged.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
-        staged.write_text("report.html", render_report(summary, self.progress.history))
-        staged.write_summary(summary)
+        publisher, outputs, publish_id, version = staged
+        outputs.write_bytes(MODEL_FILE, published_model_bytes(self.published_state()))
+        outputs.write_text("report.html", render_report(summary, self.progress.history))
+        outputs.write_summary(summary)
         publisher.publish(
             self.cfg.train.run_name,
             publish_id,
@@ -636,3 +395,4 @@ class Trainer:
             config_fingerprint(summary["config"]),
             keep_runs=self.cfg.output.keep_runs,
         )
+

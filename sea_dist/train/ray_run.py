@@ -41,7 +41,7 @@ def ray_train_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     cfg = apply_overrides(Config(), loop_config["config"])
-    trainer_class = _trainer_class(cfg)
+    import sea_dist.train.loop  # noqa: F401  heavy imports (torch, DGL) before the thread settings below
     dataset_version = loop_config["dataset_version"]
     quiet_worker_logs()
     # Ray sets OMP_NUM_THREADS=1 in workers (ray-project/ray#15718): give torch the CPUs we own.
@@ -60,7 +60,7 @@ def ray_train_worker(loop_config: dict) -> None:
         report=report,
     )
     try:
-        _train_in_worker(cfg, ctx, context, device, trainer_class, dataset_version)
+        _train_in_worker(cfg, ctx, context, device, dataset_version)
     except USER_ERRORS:
         # The driver reports a data or configuration error as one line (and Ray does not
         # retry it): no traceback from every worker on top.
@@ -68,8 +68,10 @@ def ray_train_worker(loop_config: dict) -> None:
         raise
 
 
-def _train_in_worker(cfg: Config, ctx: WorkerContext, context, device, trainer_class, dataset_version: str) -> None:
+def _train_in_worker(cfg: Config, ctx: WorkerContext, context, device, dataset_version: str) -> None:
     import ray.train
+
+    from sea_dist.train.loop import Trainer  # heavy imports only where training happens
 
     configure_storage(cfg.data)  # a worker process starts with the defaults
     resume_state = None
@@ -81,20 +83,9 @@ def _train_in_worker(cfg: Config, ctx: WorkerContext, context, device, trainer_c
         with checkpoint.as_directory() as directory:
             resume_state = load_checkpoint(directory, map_location=device)
     metrics = worker_metrics(cfg, str(ctx.rank), context.get_local_rank(), dataset_version)
-    trainer = trainer_class(cfg, ctx, resume_state=resume_state, metrics=metrics)
+    trainer = Trainer(cfg, ctx, resume_state=resume_state, metrics=metrics)  # the mode: its batch source
     summary = trainer.fit()
     trainer.write_outputs(summary)  # a collective in partitioned mode; rank 0 writes otherwise
-
-
-def _trainer_class(cfg: Config):
-    """Heavy imports only where training happens."""
-    if cfg.train.partitioned:
-        from sea_dist.train.partitioned import PartitionedTrainer
-
-        return PartitionedTrainer
-    from sea_dist.train.loop import Trainer
-
-    return Trainer
 
 
 def _flat_metrics(metrics: dict, prefix: str = "") -> dict:

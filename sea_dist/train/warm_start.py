@@ -79,10 +79,22 @@ def _index_in(old_ids: np.ndarray, new_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos_clipped], -1)
 
 
+def find_published(output_dir_or_source: str, latest: bool, s3_endpoint_url: str = "") -> dict | None:
+    """``train.warm_start``'s model: the one published under ``source`` (``latest``: this run's
+    own output directory, where on the first night of a deployment nothing is published yet:
+    ``None``, training starts from scratch)."""
+    if latest and Publisher(output_dir_or_source, s3_endpoint_url).read_manifest() is None:
+        log.warning("warm start: nothing published under %s yet; training from scratch", output_dir_or_source)
+        return None
+    return load_published_model(output_dir_or_source, s3_endpoint_url)
+
+
 @torch.no_grad()
-def apply_warm_start(trainer, published: dict) -> dict:
-    """Load ``published`` into ``trainer`` (model, Q, user rows); returns what happened."""
-    model, tables, dataset = trainer.model, trainer.tables, trainer.dataset
+def apply_warm_start(published: dict, model, club, optimizer, data, restore_optimizer: bool) -> dict:
+    """Load ``published`` into ``model``, ``club`` and the user rows of ``data`` (a whole-graph
+    batch source: ``tables``, ``dataset``, ``train_users``/``train_items``, ``features`` and the
+    mode's ``name``); with ``restore_optimizer`` also the dense Adam moments. Returns what happened."""
+    tables, dataset = data.tables, data.dataset
     if list(published["modalities"]) != list(model.modalities):
         raise WarmStartError(
             f"warm start: the published model has modalities {published['modalities']}, "
@@ -90,7 +102,7 @@ def apply_warm_start(trainer, published: dict) -> dict:
         )
     try:
         model.load_state_dict(published["model"])
-        trainer.club.load_state_dict(published["club"])
+        club.load_state_dict(published["club"])
     except RuntimeError as error:
         raise WarmStartError(f"warm start: the published model does not fit this config: {error}") from None
 
@@ -116,7 +128,7 @@ def apply_warm_start(trainer, published: dict) -> dict:
 
     initialised = 0
     if len(new):
-        users, items = trainer.train_users, trainer.train_items
+        users, items = data.train_users, data.train_items
         is_new = np.zeros(dataset.n_users, dtype=bool)
         is_new[new] = True
         mask = is_new[users]
@@ -126,7 +138,7 @@ def apply_warm_start(trainer, published: dict) -> dict:
             touched = np.flatnonzero(counts)
             for m in model.modalities:
                 unique_items, inverse = np.unique(new_items, return_inverse=True)
-                a = model.branches[m].gcn_input(trainer.features[m][torch.from_numpy(unique_items).to(device)])
+                a = model.branches[m].gcn_input(data.features[m][torch.from_numpy(unique_items).to(device)])
                 a = F.normalize(a)[torch.from_numpy(inverse).to(device)]
                 sums = torch.zeros_like(tables.preferences[m].weight)
                 sums.index_add_(0, torch.from_numpy(new_users).to(device), a)
@@ -136,21 +148,21 @@ def apply_warm_start(trainer, published: dict) -> dict:
             weights[torch.from_numpy(touched).to(device)] = mean_weights.to(device)
             initialised = len(touched)
 
-    if trainer.cfg.train.warm_start_optimizer:
+    if restore_optimizer:
         optimizer_state = published.get("dense_optimizer")
-        if not optimizer_state or published.get("mode") != trainer.mode_name:
+        if not optimizer_state or published.get("mode") != data.name:
             raise WarmStartError(
                 "warm start: train.warm_start_optimizer needs a published model trained in the same "
-                f"mode ({trainer.mode_name}) with its optimizer state"
+                f"mode ({data.name}) with its optimizer state"
             )
-        trainer.optimizer.load_state_dict(optimizer_state)
+        optimizer.load_state_dict(optimizer_state)
     report = {
         "source": published.get("source", ""),
         "kept_users": int(len(kept)),
         "new_users": int(len(new)),
         "new_users_initialised_from_items": int(initialised),
         "dropped_users": int(len(published["user_raw_ids"]) - len(kept)),
-        "optimizer": "restored" if trainer.cfg.train.warm_start_optimizer else "fresh",
+        "optimizer": "restored" if restore_optimizer else "fresh",
     }
     log.info("warm start from %s: %s", report["source"], report)
     return report

@@ -180,7 +180,7 @@ def _prefit_q_on_the_bounds_pairs(trainer, steps=100):
     """A fresh Q often gives a negative CLUB bound (clamped to 0: no gradient at all); fitted
     on the bound's own pairs, the bound is positive and its gradient reaches Q."""
     with torch.no_grad():
-        views = trainer.model.auxiliary_views(trainer.features)
+        views = trainer.model.auxiliary_views(trainer.source.features)
     opt = torch.optim.Adam(trainer.club.parameters(), lr=1e-2)
     for _ in range(steps):
         loss = sum(_nll(trainer.club.net_for(m), views.club_generic[m], views.club_unique[m]) for m in MODALITIES)
@@ -196,8 +196,8 @@ def _check_q_stays_out_of_the_main_step(trainer, epoch):
     reaches Q (Q's gradients are not cleared by the main step, so they add up here)."""
     club_ids = _ids(trainer.club.parameters())
     main_ids = _ids(p for group in trainer.optimizer.param_groups for p in group["params"])
-    if trainer.table_optimizer is not None:
-        main_ids |= _ids(p for group in trainer.table_optimizer.param_groups for p in group["params"])
+    if trainer.source.table_optimizer is not None:
+        main_ids |= _ids(p for group in trainer.source.table_optimizer.param_groups for p in group["params"])
     assert club_ids and not club_ids & main_ids
     assert _ids(p for g in trainer.club_optimizer.param_groups for p in g["params"]) == club_ids
     assert _ids(trainer.model.parameters()) <= main_ids
@@ -217,7 +217,7 @@ def _check_q_stays_out_of_the_main_step(trainer, epoch):
 @pytest.mark.parametrize("mode", ["as_published", "within_modality"])
 def test_sampled_mode_keeps_q_out_of_the_main_optimizers(tiny_root, tmp_path, mode):
     trainer = _trainer(tiny_root, tmp_path, mode, full_graph=False, inner_steps=0, steps_per_epoch=3)
-    assert trainer.table_optimizer is not None  # SparseAdam over the user tables
+    assert trainer.source.table_optimizer is not None  # SparseAdam over the user tables
     _check_q_stays_out_of_the_main_step(trainer, epoch=0)
 
 
@@ -229,7 +229,7 @@ def test_full_graph_step_fits_q_on_the_modes_pairs_and_only_there(tiny_root, tmp
     inner = 4
     trainer = _trainer(tiny_root, tmp_path, mode, full_graph=True, inner_steps=inner, steps_per_epoch=1)
     with torch.no_grad():  # the step's views: computed before its main optimizer step
-        views = trainer.model.auxiliary_views(trainer.features)
+        views = trainer.model.auxiliary_views(trainer.source.features)
     right, wrong = _right_and_wrong_pairs(mode, views.club_generic, views.club_unique)
     lr = trainer.cfg.train.lr
     expected = _independent_fit(trainer.club, right, inner, lr)

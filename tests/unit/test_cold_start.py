@@ -36,10 +36,10 @@ def test_cold_start_items_are_ranked_far_above_random(tmp_path):
     trainer = Trainer(cfg, WorkerContext())
     trainer.fit()
     user_emb, item_emb = trainer.embeddings()
-    cold_index = np.flatnonzero(np.isin(trainer.dataset.item_raw_ids, cold_raw))
-    assert trainer.item_degree_of(cold_index).max() == 0  # truly unseen in training
+    cold_index = np.flatnonzero(np.isin(trainer.source.dataset.item_raw_ids, cold_raw))
+    assert trainer.source.item_degree_of(cold_index).max() == 0  # truly unseen in training
     assert torch.isfinite(item_emb[torch.from_numpy(cold_index)]).all()
-    test_users, test_items = trainer.dataset.split_edges(2)
+    test_users, test_items = trainer.source.dataset.split_edges(2)
     result = cold_item_recall(user_emb, item_emb, cold_index, test_users, test_items, k=20)
     print(result)
     assert result["recall@20"] >= 2.0 * result["random_recall@20"], result

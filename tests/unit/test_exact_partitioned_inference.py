@@ -45,25 +45,25 @@ def _infer(rank: int, world: int, overrides: dict) -> dict:
     import torch
 
     from sea_dist.runtime.distributed import WorkerContext
-    from sea_dist.train.partitioned import PartitionedTrainer
+    from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)
-    trainer = PartitionedTrainer(apply_overrides(Config(), overrides), WorkerContext.from_process_group())
+    trainer = Trainer(apply_overrides(Config(), overrides), WorkerContext.from_process_group())
     with torch.no_grad():  # move the tables off their init so user rows differ in scale too
         for p in trainer.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     users, items = trainer.embeddings()
-    lp = trainer.part
-    own_dst = np.isin(lp.knn_dst, trainer.own_items_local)
+    lp = trainer.source.part
+    own_dst = np.isin(lp.knn_dst, trainer.source.own_items_local)
     return {
-        "user_global": lp.user_global[trainer.own_users_local],
+        "user_global": lp.user_global[trainer.source.own_users_local],
         "users": users.cpu(),
         "items": items.cpu(),
         "knn": (lp.item_global[lp.knn_dst[own_dst]], lp.item_global[lp.knn_src[own_dst]], lp.knn_w[own_dst]),
         "halo_items": int((~lp.item_inner).sum()),
         "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
         "tables": trainer.tables.gather_full(),
-        "exchange": trainer.inference_exchange,
+        "exchange": trainer.source.inference_exchange,
     }
 
 

@@ -206,7 +206,7 @@ def test_parameters_and_fitted_q_after_each_step_equal_the_reference(run, index)
 def _top20(run, user_rep, item_rep, users):
     trainer = run["trainer"]
     scores = user_rep[torch.tensor(users)].double() @ item_rep.double().T
-    train_u, train_i = trainer.train_users, trainer.train_items
+    train_u, train_i = trainer.source.train_users, trainer.source.train_items
     row = {u: k for k, u in enumerate(users)}
     for u, i in zip(train_u.tolist(), train_i.tolist()):
         if u in row:
@@ -223,7 +223,7 @@ def test_metrics_equal_the_reference_on_the_same_parameters(run, index):
     ref_epoch = run["ref"]["epochs"][index]
     user_rep, item_rep = run["forwards"][index]
     for split, position in (("valid", 0), ("test", 1)):
-        ours = run["trainer"].evaluator.evaluate(user_rep, item_rep, split)
+        ours = run["trainer"].source.evaluator.evaluate(user_rep, item_rep, split)
         for name, value in ref_epoch[split].items():
             assert round(ours[name], 4) == pytest.approx(value, abs=1e-9), (split, name, ours[name], value)
         listed = ref_epoch["topk"][position]

@@ -12,8 +12,7 @@ import torch
 from sea_dist.config import Config
 from sea_dist.config import apply_overrides
 from sea_dist.sources.synthetic import SyntheticSpec, write_synthetic
-from sea_dist.train.epoch_data import EpochPlan, NegativeSampler
-from sea_dist.train.partitioned import PartitionEpochPlan
+from sea_dist.train.epoch_data import EpochPlan, NegativeSampler, PartitionEpochPlan
 from tests.dist_utils import run_distributed
 
 
@@ -54,9 +53,9 @@ CUT = 3  # rank 0 takes 3 triples, rank 1 the other 13
 
 def _batch(trainer) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(5)
-    pick = rng.choice(len(trainer.train_users), UNION, replace=False)
-    users = trainer.train_users[pick]
-    return users, trainer.train_items[pick], trainer.negatives.sample(users, rng)
+    pick = rng.choice(len(trainer.source.train_users), UNION, replace=False)
+    users = trainer.source.train_users[pick]
+    return users, trainer.source.train_items[pick], trainer.source.negatives.sample(users, rng)
 
 
 def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
@@ -73,8 +72,8 @@ def _step(rank: int, world: int, overrides: dict, weighted: bool) -> dict:
         users, pos, neg = users[lo:hi], pos[lo:hi], neg[lo:hi]
     weight = len(users) * world / UNION if weighted else 1.0
     inputs = StepInputs(users, pos, neg, weight, torch.Generator().manual_seed(0))
-    inputs.batch = trainer.sampler.sample(*(torch.from_numpy(a) for a in (users, pos, neg)))
-    inputs.features, _ = trainer._fetch_features(inputs.batch.input_items)
+    inputs.batch = trainer.source.sampler.sample(*(torch.from_numpy(a) for a in (users, pos, neg)))
+    inputs.features, _ = trainer.source.fetch_features(inputs.batch.input_items)
     trainer.train_step(inputs, EpochTimes())
     grads = {f"model.{n}": p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     for n, p in trainer.tables.named_parameters():

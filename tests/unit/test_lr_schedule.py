@@ -50,7 +50,7 @@ def test_trainer_sets_the_scheduled_lr_from_the_run_step(small_root):
     )
     peak = 1e-4 * 2.0  # sqrt(256 / 64)
     trainer.train_epoch(0)  # steps 0, 1 of the run: last lr = peak * 2/4
-    lrs = [g["lr"] for o in (trainer.optimizer, trainer.table_optimizer) for g in o.param_groups]
+    lrs = [g["lr"] for o in (trainer.optimizer, trainer.source.table_optimizer) for g in o.param_groups]
     assert lrs == pytest.approx([peak * 0.5] * len(lrs))
     trainer.train_epoch(1)  # run steps 2, 3: warm-up done
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(peak)
@@ -62,7 +62,7 @@ def test_bf16_autocast_step_is_close_to_fp32_and_losses_stay_fp32(small_root):
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         trainer = _trainer(small_root, **{"train.precision": precision, "train.batch_size": 128})
-        plan = trainer._epoch_plan(0)
+        plan = trainer.source.plan_epoch(0)
         inputs = trainer.prepare_step(plan, 0, 0)
         pos, neg, views, _ = trainer._forward(inputs)
         results[precision] = (pos, neg)

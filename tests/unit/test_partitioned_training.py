@@ -43,11 +43,11 @@ def _train(rank: int, world: int, cfg_dict: dict) -> dict:
     import torch
 
     from sea_dist.runtime.distributed import WorkerContext
-    from sea_dist.train.partitioned import PartitionedTrainer
+    from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)
     cfg = apply_overrides(Config(), cfg_dict)
-    trainer = PartitionedTrainer(cfg, WorkerContext.from_process_group())
+    trainer = Trainer(cfg, WorkerContext.from_process_group())
     summary = trainer.fit()
     trainer.write_outputs(summary)
     full = trainer.tables.gather_full()
@@ -55,9 +55,9 @@ def _train(rank: int, world: int, cfg_dict: dict) -> dict:
         "summary": summary,
         "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
         "tables": full,
-        "table_rows": trainer._table_rows(),
-        "graph_users": trainer.part.n_users,
-        "own_users": int(trainer.part.user_inner.sum()),
+        "table_rows": trainer.source.table_rows(),
+        "graph_users": trainer.source.part.n_users,
+        "own_users": int(trainer.source.part.user_inner.sum()),
     }
 
 
@@ -184,7 +184,7 @@ def _train_with_checkpoints(rank: int, world: int, cfg_dict: dict, ckpt_root: st
 
     from sea_dist.train.checkpoint import load_sharded_checkpoint
     from sea_dist.runtime.distributed import WorkerContext
-    from sea_dist.train.partitioned import PartitionedTrainer
+    from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)
     calls = {"n": 0}
@@ -198,7 +198,7 @@ def _train_with_checkpoints(rank: int, world: int, cfg_dict: dict, ckpt_root: st
 
     cfg = apply_overrides(Config(), cfg_dict)
     state = load_sharded_checkpoint(pafs.LocalFileSystem(), resume_from, rank) if resume_from else None
-    trainer = PartitionedTrainer(cfg, WorkerContext.from_process_group(report=report), resume_state=state)
+    trainer = Trainer(cfg, WorkerContext.from_process_group(report=report), resume_state=state)
     trainer.fit()
     return {
         "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},

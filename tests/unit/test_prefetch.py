@@ -65,7 +65,7 @@ def test_negative_depth_is_refused():
 
 
 def _batches(trainer, depth: int, epoch: int = 0, steps: int = 5) -> list:
-    plan = trainer._epoch_plan(epoch)
+    plan = trainer.source.plan_epoch(epoch)
     out = []
     produce = lambda step: trainer.prepare_step(plan, epoch, step)  # noqa: E731
     with Prefetcher(produce, range(steps), depth, trainer.input_thread) as prefetch:

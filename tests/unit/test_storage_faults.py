@@ -428,13 +428,13 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
     import torch.distributed as dist
 
     from sea_dist.runtime.distributed import WorkerContext
-    from sea_dist.train.partitioned import PartitionedTrainer
+    from sea_dist.train.loop import Trainer
 
     torch.set_num_threads(1)
     cfg = apply_overrides(Config(), cfg_dict)
     configure_storage(cfg.data)
-    trainer = PartitionedTrainer(cfg, WorkerContext.from_process_group())
-    assert all(s.stats.row_groups_read == 0 for s in trainer.stores.values())  # nothing fetched yet
+    trainer = Trainer(cfg, WorkerContext.from_process_group())
+    assert all(s.stats.row_groups_read == 0 for s in trainer.source.stores.values())  # nothing fetched yet
     if cut_url and rank == 0:
         # the next feature GET, which is the first step's row group read of one of the ranks
         request_cut(cut_url, "/features/", then_reset=12)
@@ -446,8 +446,8 @@ def _train_through(rank: int, world: int, cfg_dict: dict, cut_url: str) -> dict:
         # what the run computed (an epoch record also holds its timings, which differ)
         "history": [{k: r[k] for k in ("epoch", "loss", "valid", "test", "best_epoch", "steps")}
                     for r in trainer.progress.history],
-        "retries": sum(s.stats.retries for s in trainer.stores.values()),
-        "row_groups_read": sum(s.stats.row_groups_read for s in trainer.stores.values()),
+        "retries": sum(s.stats.retries for s in trainer.source.stores.values()),
+        "row_groups_read": sum(s.stats.row_groups_read for s in trainer.source.stores.values()),
     }
 
 

@@ -66,15 +66,15 @@ def test_warm_start_translates_users_and_initialises_new_ones(days, tmp_path):
         assert torch.equal(trainer.model.state_dict()[name], tensor)
     # a kept user's rows moved from its old contiguous id to its new one
     old_ids = published["user_raw_ids"].numpy()
-    raw = trainer.dataset.user_raw_ids[3]
+    raw = trainer.source.dataset.user_raw_ids[3]
     old_row = int(np.flatnonzero(old_ids == raw)[0])
     for m in ("image", "text"):
         assert torch.equal(trainer.tables.preferences[m].weight[3], published["tables"][f"preferences.{m}.weight"][old_row])
     # a new user's preference row is the mean of its training items' normalised GCN inputs
-    new_index = int(np.flatnonzero(trainer.dataset.user_raw_ids == donors[0] + 10_000_000)[0])
-    its_items = trainer.train_items[trainer.train_users == new_index]
+    new_index = int(np.flatnonzero(trainer.source.dataset.user_raw_ids == donors[0] + 10_000_000)[0])
+    its_items = trainer.source.train_items[trainer.source.train_users == new_index]
     with torch.no_grad():
-        a = F.normalize(trainer.model.branches["text"].gcn_input(trainer.features["text"][torch.from_numpy(its_items)]))
+        a = F.normalize(trainer.model.branches["text"].gcn_input(trainer.source.features["text"][torch.from_numpy(its_items)]))
     torch.testing.assert_close(trainer.tables.preferences["text"].weight[new_index], a.mean(0))
     # and the warm run trains and publishes
     trainer.fit()
@@ -125,7 +125,7 @@ def test_string_ids_publish_and_warm_start(days, tmp_path):
     trainer = Trainer(_cfg(day1, out, warm_start="latest"), WorkerContext())
     assert trainer.warm_start_report["kept_users"] == len(users) and trainer.warm_start_report["new_users"] == 0
     row = 5
-    old_row = published["user_raw_ids"].index(str(trainer.dataset.user_raw_ids[row]))
+    old_row = published["user_raw_ids"].index(str(trainer.source.dataset.user_raw_ids[row]))
     assert torch.equal(trainer.tables.preferences["image"].weight[row], published["tables"]["preferences.image.weight"][old_row])
 
     with pytest.raises(WarmStartError, match="user ids are strs, this dataset's are ints"):
