@@ -114,12 +114,10 @@ def seaweedfs() -> Iterator[S3Store]:
         _ready(store, proc, log_path)
         yield store
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # A throwaway store: nothing to flush, and its graceful shutdown took 20-30 s (measured in
+        # the suite's teardown), so it is killed outright.
+        proc.kill()
+        proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

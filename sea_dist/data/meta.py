@@ -17,7 +17,7 @@ from sea_dist.storage.errors import DatasetError
 from sea_dist.storage.fs import display, make_filesystem
 from sea_dist.storage.retry import with_retries
 
-__all__ = ["SPLIT_NAMES", "DatasetMeta", "load_meta", "read_meta"]
+__all__ = ["SPLIT_NAMES", "DatasetMeta", "load_meta", "read_meta", "write_meta", "drop_meta"]
 
 #: split code -> name, as stored in ``interactions.split`` and ``dataset.json["splits"]``.
 SPLIT_NAMES: tuple[str, str, str] = ("train", "valid", "test")
@@ -132,3 +132,19 @@ def read_meta(fs: fsspec.AbstractFileSystem, path: str, root: str) -> DatasetMet
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{where}: malformed JSON ({e})") from e
     return DatasetMeta.from_dict(obj, where)
+
+
+def write_meta(fs: fsspec.AbstractFileSystem, path: str, meta: DatasetMeta) -> None:
+    """Write ``dataset.json``, the last file of a dataset root: readers look for it first, so a
+    writer that dies midway leaves a root that does not claim to be a dataset."""
+    with fs.open(posixpath.join(path, "dataset.json"), "wb") as f:
+        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
+    fs.invalidate_cache()
+
+
+def drop_meta(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove a root's ``dataset.json`` before rewriting its shards, so an old claim is never
+    paired with half-written new data."""
+    meta_path = posixpath.join(path, "dataset.json")
+    if fs.exists(meta_path):
+        fs.rm(meta_path)

@@ -5,13 +5,12 @@ including deliberately broken ones: only shapes are checked here.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 
 import numpy as np
 import pyarrow as pa
 
-from sea_dist.data.meta import DatasetMeta
+from sea_dist.data.meta import DatasetMeta, write_meta
 from sea_dist.storage.fs import make_filesystem, write_table
 from sea_dist.storage.ids import as_raw_ids, ids_to_arrow
 from sea_dist.storage.shards import clear_shards
@@ -106,6 +105,4 @@ def write_dataset(
                 use_dictionary=False,
             )
 
-    with fs.open(posixpath.join(path, "dataset.json"), "wb") as f:
-        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
-    fs.invalidate_cache()
+    write_meta(fs, path, meta)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import posixpath
 import sys
@@ -52,7 +51,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta, drop_meta, write_meta
 from sea_dist.sources.mmrec_inter import MMRecError, count_distinct, find_inter_file, read_inter
 from sea_dist.storage.fs import make_filesystem
 from sea_dist.storage.shards import reset_shards, shard_name, write_parquet
@@ -173,9 +172,7 @@ def import_mmrec(
     root = out or os.path.join(src, "sea_dist")
     fs, path = make_filesystem(root, s3_endpoint_url)
     fs.makedirs(path, exist_ok=True)
-    meta_path = posixpath.join(path, "dataset.json")
-    if fs.exists(meta_path):
-        fs.rm(meta_path)  # never pair an old dataset.json with new shards
+    drop_meta(fs, path)
 
     ifolder = posixpath.join(path, "interactions")
     reset_shards(fs, ifolder)
@@ -213,9 +210,7 @@ def import_mmrec(
             write_parquet(fs, posixpath.join(folder, shard_name(k, n_fshards)), schema, groups(), use_dictionary=False)
         say(f"features[{m}]: {n_items} x {dim} in {n_fshards} shard(s)")
 
-    with fs.open(meta_path, "wb") as f:
-        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
-    fs.invalidate_cache()
+    write_meta(fs, path, meta)
     say(
         f"wrote {root}: {meta.name} {meta.version}, {meta.n_users} users, {meta.n_items} items, "
         f"{meta.n_interactions} interactions, modalities {meta.modalities} in {time.perf_counter() - t0:.1f}s"

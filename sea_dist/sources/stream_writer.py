@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta
+from sea_dist.data.meta import SPLIT_NAMES, DatasetMeta, drop_meta, write_meta
 from sea_dist.sources.stream_spec import STREAM_GENERATOR_VERSION, StreamSpec, check_stream_spec
 from sea_dist.sources.synthetic_stream import StreamModel, feature_groups
 from sea_dist.storage.fs import make_filesystem
@@ -72,9 +72,7 @@ def write_stream(
     t_start = time.perf_counter()
     fs, path = make_filesystem(root, s3_endpoint_url)
     fs.makedirs(path, exist_ok=True)
-    meta_path = posixpath.join(path, "dataset.json")
-    if fs.exists(meta_path):
-        fs.rm(meta_path)  # never pair an old dataset.json with half-written new shards
+    drop_meta(fs, path)
 
     model = StreamModel(spec)
     say(f"latents: {spec.n_items} items in {model.n_clusters} clusters ({time.perf_counter() - t_start:.1f}s)")
@@ -114,9 +112,7 @@ def write_stream(
         modalities={m: int(spec.modalities[m]) for m in model.mods},
         splits={name: int(split_counts[k]) for k, name in enumerate(SPLIT_NAMES)},
     )
-    with fs.open(meta_path, "wb") as f:
-        f.write((json.dumps(meta.to_dict(), indent=2) + "\n").encode("utf-8"))
-    fs.invalidate_cache()
+    write_meta(fs, path, meta)
     say(
         f"wrote {root}: {meta.n_users} users, {meta.n_items} items, {meta.n_interactions} interactions "
         f"(requested {spec.n_interactions}) in {time.perf_counter() - t_start:.1f}s"

@@ -23,6 +23,7 @@ arrays are shared with the sampler's graph, not copied).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +95,14 @@ class HaloExchange:
         stats.seconds += time.monotonic() - started
 
 
+
+def _csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """A CSR tensor from its parts, without torch's "sparse CSR support is in beta" warning,
+    which every worker would otherwise print into the job's log at each evaluation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(indptr, indices, values, shape)
+
 @dataclass
 class LocalOperators:
     """The partition's stored edges as CSR operators (rows = destination nodes), full-graph
@@ -115,11 +124,11 @@ class LocalOperators:
             indptr, indices, _ = g.adj_tensors("csc", etype=etype)
             dst = torch.repeat_interleave(torch.arange(n[dst_type]), indptr[1:] - indptr[:-1])
             values = symmetric_norm(degree[src_type][indices], degree[dst_type][dst])
-            ops[dst_type] = torch.sparse_csr_tensor(indptr, indices, values, (n[dst_type], n[src_type]))
+            ops[dst_type] = _csr(indptr, indices, values, (n[dst_type], n[src_type]))
         order = torch.argsort(knn_rows * n["item"] + knn_cols)
         knn_rows, knn_cols = knn_rows[order], knn_cols[order]
         ptr = torch.searchsorted(knn_rows, torch.arange(n["item"] + 1))
-        knn = torch.sparse_csr_tensor(ptr, knn_cols, knn_weights[order].float(), (n["item"], n["item"]))
+        knn = _csr(ptr, knn_cols, knn_weights[order].float(), (n["item"], n["item"]))
         return cls(user_item=ops["user"], item_user=ops["item"], item_item=knn)
 
     def to(self, device) -> "LocalOperators":

@@ -82,17 +82,22 @@ def read_summary(cfg: Config) -> dict:
 
 
 def already_published(cfg: Config, dataset_version: str) -> dict | None:
-    """The manifest when this data version was already published with this config."""
-    if cfg.output.republish or cfg.train.resume:
+    """The manifest when this data version was already published with this config, so there is
+    nothing to train: a cron rerun of the same data, or a ``--resume`` of the very run that
+    published it (it finished; resuming it would only start a cluster to train zero steps).
+    A resume of another run, or any run with ``output.republish``, trains."""
+    if cfg.output.republish:
         return None
     manifest = Publisher(cfg.output.output_dir, cfg.data.s3_endpoint_url).read_manifest()
     if (
-        manifest is not None
-        and manifest.get("dataset_version") == dataset_version
-        and manifest.get("config_fingerprint") == config_fingerprint(config_to_dict(cfg))
+        manifest is None
+        or manifest.get("dataset_version") != dataset_version
+        or manifest.get("config_fingerprint") != config_fingerprint(config_to_dict(cfg))
     ):
-        return manifest
-    return None
+        return None
+    if cfg.train.resume and manifest.get("run_id") != cfg.train.run_name:
+        return None
+    return manifest
 
 
 def run(cfg: Config) -> dict:
@@ -119,11 +124,18 @@ def run(cfg: Config) -> dict:
             )
     published = already_published(cfg, meta.version)
     if published is not None:
-        log.info(
-            "dataset version %s with this config is already published as run %s (%s); "
-            "nothing to do (output.republish=true to train again)",
-            meta.version, published["run_id"], published["published_at"],
-        )
+        if cfg.train.resume:
+            log.info(
+                "run %s finished and was published (%s); nothing to resume "
+                "(raise train.epochs to train it further, output.republish=true to train again)",
+                published["run_id"], published["published_at"],
+            )
+        else:
+            log.info(
+                "dataset version %s with this config is already published as run %s (%s); "
+                "nothing to do (output.republish=true to train again)",
+                meta.version, published["run_id"], published["published_at"],
+            )
         return read_summary(cfg)
     _write_run_record(cfg)
     identity = MetricsIdentity(cfg.train.run_name, "driver", meta.version)

@@ -6,7 +6,9 @@ Every command in the README's ```bash blocks is listed in ``HOW`` with where it 
 * ``test``: a test below runs it verbatim, through ``bash`` in a scratch working directory that
   looks like a checkout (``jobs``, ``configs``, ``sea_dist`` linked to this one), so outputs and
   downloaded data never land in the repository. Only the environment differs from a user's: a
-  private Ray temp dir, the shared dataset cache, S3 test credentials;
+  private Ray temp dir, the shared dataset cache, S3 test credentials. One exception, for CI
+  time: the MovieLens training command gets ``train.epochs=2`` appended (its full 20-epoch
+  result is docs/real-data.md's; the quick start runs in full);
 * ``external``: needs what no test machine has (a cloud account, a Kubernetes cluster, GPUs,
   hosts other than the package registries, or hours); the reason says what covers it instead.
 
@@ -254,10 +256,14 @@ def test_quick_start_and_real_data(checkout):
     assert len(epochs) == summary["epochs_run"] and len(set(epochs)) == len(epochs), epochs
     assert not _noise(log), _noise(log)
     assert "Recall@20" in result.stdout
+    # what the README promises of the quick start's model (measured: test Recall@20 0.2727 vs
+    # popularity 0.0559, 4.9x)
+    test, popular = summary["test"]["recall@20"], summary["popularity_test_recall@20"]
+    assert test >= 3 * popular, (test, popular)
 
     _ok(bash(build, checkout, env), build)
     assert (checkout / "data" / "ml-100k" / "dataset.json").is_file()
-    log = _ok(bash(real, checkout, env, timeout=LONG), real)
+    log = _ok(bash(f"{real} train.epochs=2", checkout, env, timeout=LONG), real)
     summary = _summary(checkout / "runs" / "ml-100k")
     assert summary["dataset"]["name"] == json.loads((checkout / "data" / "ml-100k" / "dataset.json").read_text())["name"]
     assert summary["dataset"]["root"] == str(checkout / "data" / "ml-100k")  # resolved where the command ran
@@ -289,7 +295,9 @@ def test_options(checkout):
     assert summary["config"]["graph"]["knn_k"] == 20 and summary["epochs_run"] == 2
     assert len(_epoch_lines(result.stderr)) == 2 and not _noise(log), _noise(log)
 
-    _ok(bash(resume, checkout, env), resume)
+    # run a finished and is published: its resume has nothing left to train and starts no cluster
+    log = _ok(bash(resume, checkout, env), resume)
+    assert "nothing to resume" in log and "local Ray instance" not in log, log[-3000:]
     assert json.loads((checkout / "runs" / "a" / "run.json").read_text())["run_name"] == summary["config"]["train"]["run_name"]
 
     _ok(bash(warm, checkout, env), warm)

@@ -1,5 +1,11 @@
 """Kill a training worker mid-epoch: Ray Train restarts the group from the latest (mid-epoch)
-checkpoint, the run finishes, and its result matches an uninterrupted run with the same seed."""
+checkpoint, the run finishes, and its result matches an uninterrupted run with the same seed.
+
+Run in partitioned mode, the one whose checkpoint has the most parts (state.pt plus every rank's
+table shard); Ray Train's restart path is the same in every mode. That a sampled-mode run
+resumed from a mid-epoch checkpoint ends exactly where the uninterrupted run ends is
+tests/unit/test_resume_mid_epoch.py's (in-process, seconds instead of minutes).
+"""
 import glob
 import json
 import os
@@ -16,7 +22,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, published_summary
 
-ARGS = ["--epochs", "3", "train.batch_size=256", "train.checkpoint_every_steps=2", "train.max_failures=1",
+ARGS = ["--epochs", "2", "train.batch_size=256", "train.checkpoint_every_steps=2", "train.max_failures=1",
         "train.patience=50", "model.club_inner_steps=5", "eval.user_batch_size=128"]
 
 
@@ -90,27 +96,6 @@ def _same_result(clean, killed):
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint(tiny_root, tmp_path):
-    rc, log, _ = _run(tiny_root, tmp_path / "clean")
-    assert rc == 0, log[-3000:]
-    clean = published_summary(tmp_path / "clean")
-    # 3 epochs of 15 steps are enough to beat popularity on this data (measured: test
-    # recall@20 0.4195 vs popularity 0.2935, 1.43x)
-    assert clean["test"]["recall@20"] >= 1.2 * clean["popularity_test_recall@20"], clean["test"]
-
-    rc, log, killed = _run(tiny_root, tmp_path / "killed", kill_in_epoch1=True)
-    assert killed, "no registered mid-epoch checkpoint of epoch 1, or no RayTrainWorker to kill:\n" + log[-3000:]
-    assert rc == 0, log[-5000:]
-    resumed = re.findall(r"resuming at step (\d+)", log)
-    assert resumed, "the restarted workers did not resume mid-epoch:\n" + log[-3000:]
-    summary = published_summary(tmp_path / "killed")
-    assert summary["epochs_run"] == 3
-    print(f"worker killed after {killed['after']}; resumed at step {resumed[0]} of epoch 1; "
-          f"valid recall@20 clean {clean['valid']['recall@20']:.6f} vs killed {summary['valid']['recall@20']:.6f}")
-    _same_result(clean, summary)
-
-
-@pytest.mark.slow
 def test_killed_partitioned_worker_resumes_from_its_table_shard(tiny_root, tmp_path):
     """Partitioned mode: every rank checkpoints its own table shard, Ray Train merges them, and
     the restarted group reads back state.pt plus each rank's own shard, ending where an
@@ -122,13 +107,15 @@ def test_killed_partitioned_worker_resumes_from_its_table_shard(tiny_root, tmp_p
     rc, log, _ = _run(root, tmp_path / "clean", extra=["train.partitioned=true"])
     assert rc == 0, log[-3000:]
     clean = published_summary(tmp_path / "clean")
+    # the uninterrupted run learned (so equal results are not two equally untrained models)
+    assert clean["test"]["recall@20"] >= 1.2 * clean["popularity_test_recall@20"], clean["test"]
     rc, log, killed = _run(root, tmp_path / "killed", kill_in_epoch1=True, extra=["train.partitioned=true"])
     assert killed, "no registered mid-epoch checkpoint of epoch 1, or no RayTrainWorker to kill:\n" + log[-3000:]
     assert rc == 0, log[-5000:]
     resumed = re.findall(r"resuming at step (\d+)", log)
     assert resumed, "no mid-epoch resume:\n" + log[-3000:]
     summary = published_summary(tmp_path / "killed")
-    assert summary["mode"] == "partitioned" and summary["epochs_run"] == 3
+    assert summary["mode"] == "partitioned" and summary["epochs_run"] == 2
     print(f"partitioned worker killed after {killed['after']}; resumed at step {resumed[0]}; "
           f"valid recall@20 clean {clean['valid']['recall@20']:.6f} vs killed {summary['valid']['recall@20']:.6f}")
     _same_result(clean, summary)

@@ -86,6 +86,32 @@ def test_another_datasets_model_is_not_replaced_without_consent(tmp_path):
     check_output_dataset(_cfg(f"output.output_dir={tmp_path / 'empty'}"), _meta("ml-100k"))
 
 
+def test_only_a_resume_of_the_publishing_run_itself_is_already_done(tmp_path):
+    """A finished, published run resumed with its own config has nothing left to train (no
+    cluster is started for it); a resume of another run, more epochs, other data or
+    output.republish train."""
+    from sea_dist.config import config_to_dict
+    from sea_dist.ops.publish import config_fingerprint
+    from sea_dist.train.launcher import already_published
+
+    out = tmp_path / "out"
+    base = [f"output.output_dir={out}", "train.epochs=2"]
+    publisher = Publisher(str(out))
+    publish_id = publisher.new_publish_id("run-a")
+    (out / "runs" / publish_id).mkdir(parents=True)
+    (out / "runs" / publish_id / "summary.json").write_text("{}")
+    publisher.publish("run-a", publish_id, "v1", config_fingerprint(config_to_dict(_cfg(*base))))
+
+    assert already_published(_cfg(*base, "train.resume=true", "train.run_name=run-a"), "v1")["run_id"] == "run-a"
+    assert already_published(_cfg(*base, "train.run_name=nightly-2"), "v1")["run_id"] == "run-a"  # cron rerun
+    assert already_published(_cfg(*base, "train.resume=true", "train.run_name=run-b"), "v1") is None
+    assert already_published(_cfg(*base, "train.resume=true", "train.run_name=run-a"), "v2") is None
+    assert already_published(_cfg(f"output.output_dir={out}", "train.epochs=3", "train.resume=true",
+                                  "train.run_name=run-a"), "v1") is None
+    assert already_published(_cfg(*base, "train.resume=true", "train.run_name=run-a",
+                                  "output.republish=true"), "v1") is None
+
+
 def test_warm_start_source_must_hold_a_model(tmp_path):
     with pytest.raises(ConfigError, match="nothing published"):
         check_warm_start(_cfg(f"train.warm_start={tmp_path / 'nothing'}"))
