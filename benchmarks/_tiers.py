@@ -54,3 +54,26 @@ def tier_root(name: str) -> str:
     if name == "baby":
         return baby_root()
     raise SystemExit(f"unknown tier {name!r}: use default or baby")
+
+
+def stream_tier_root(data_dir: str, prefix: str, users: int, items: int, interactions: int,
+                     dims: dict[str, int], seed: int) -> str:
+    """A streamed-generator tier under ``data_dir``, generated once: reused while its
+    ``dataset.json`` records the version this spec would write (same counts, dims, seed and
+    generator), regenerated otherwise."""
+    import json
+    import sys
+
+    from sea_dist.sources.stream_spec import StreamSpec
+    from sea_dist.sources.stream_writer import _spec_version, write_stream
+
+    spec = StreamSpec(n_users=users, n_items=items, n_interactions=interactions, modalities=dict(dims),
+                      seed=seed, name=f"{prefix}-{users}x{items}x{interactions}", users_per_chunk=50_000)
+    root = os.path.join(data_dir, spec.name)
+    meta_path = os.path.join(root, "dataset.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            if json.load(f)["version"] == _spec_version(spec):
+                return root
+    write_stream(spec, root, progress=lambda s: print(f"[generate] {s}", file=sys.stderr, flush=True))
+    return root

@@ -47,10 +47,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # _runlog, _tiers, also when loaded by path
 
 from sea_dist.config import Config  # noqa: E402
-from sea_dist.sources.stream_spec import StreamSpec  # noqa: E402
-from sea_dist.sources.stream_writer import _spec_version, write_stream  # noqa: E402
+from _runlog import emit, git_state  # noqa: E402
+from _tiers import stream_tier_root  # noqa: E402
 from sea_dist.train.lr_schedule import scaled_lr  # noqa: E402
 
 METRIC = "recall@20"
@@ -69,37 +70,11 @@ DEFAULT_VARIANTS = "reference:none:0,sqrt:sqrt:0.05,linear:linear:0.05"  # warm-
 TRANSIENT = ("running low on memory", "OutOfMemoryError", "Killed", "timed out during startup")
 
 
-def emit(record: dict, out) -> None:
-    line = json.dumps(record, sort_keys=True)
-    print(line, flush=True)
-    if out is not None:
-        out.write(line + "\n")
-        out.flush()
-
-
-def git_state() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "--short=12", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno"))}
-
-
 def dataset(args: argparse.Namespace) -> tuple[str, dict]:
     """The tier under --data-dir (generated once per spec version) and its dataset.json."""
-    spec = StreamSpec(
-        n_users=args.users, n_items=args.items, n_interactions=args.interactions,
-        modalities={"image": args.image_dim, "text": args.text_dim}, seed=args.data_seed,
-        name=f"lr-{args.users}x{args.items}x{args.interactions}", users_per_chunk=50_000,
-    )
-    root = os.path.join(args.data_dir, spec.name)
-    meta_path = os.path.join(root, "dataset.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta["version"] == _spec_version(spec):
-            return root, meta
-    write_stream(spec, root, progress=lambda s: print(f"[generate] {s}", file=sys.stderr, flush=True))
-    with open(meta_path) as f:
+    root = stream_tier_root(args.data_dir, "lr", args.users, args.items, args.interactions,
+                            {"image": args.image_dim, "text": args.text_dim}, args.data_seed)
+    with open(os.path.join(root, "dataset.json")) as f:
         return root, json.load(f)
 
 

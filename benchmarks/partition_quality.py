@@ -42,9 +42,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # _runlog, _tiers, also when loaded by path
 
-from sea_dist.sources.stream_spec import StreamSpec  # noqa: E402
-from sea_dist.sources.stream_writer import write_stream  # noqa: E402
+from _runlog import emit, git_state  # noqa: E402
+from _tiers import stream_tier_root  # noqa: E402
 
 METRIC = "recall@20"
 GOAL = 0.98  # every partitioned row's best valid Recall@20 over the full graph's
@@ -59,48 +60,10 @@ TIERS = {
 }
 
 
-def emit(record: dict, out) -> None:
-    line = json.dumps(record, sort_keys=True)
-    print(line, flush=True)
-    if out is not None:
-        out.write(line + "\n")
-        out.flush()
-
-
-def git_state() -> dict:
-    """The commit the runs use; whether tracked files differ from it, and a digest of that
-    difference (rows with equal digests ran the same code; others may edit the tree meanwhile)."""
-    import hashlib
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
-
-    diff = git("diff", "HEAD")
-    return {"commit": git("rev-parse", "--short=12", "HEAD").strip(), "dirty": bool(diff),
-            "diff_sha": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None}
-
-
 def dataset(args: argparse.Namespace) -> str:
     """The tier's dataset under --data-dir, generated once (reused while the spec's version matches)."""
-    spec = StreamSpec(
-        n_users=args.users,
-        n_items=args.items,
-        n_interactions=args.interactions,
-        modalities={"image": args.image_dim, "text": args.text_dim},
-        seed=args.data_seed,
-        name=f"pq-{args.users}x{args.items}x{args.interactions}",
-        users_per_chunk=50_000,
-    )
-    root = os.path.join(args.data_dir, spec.name)
-    from sea_dist.sources.stream_writer import _spec_version  # the version dataset.json records
-
-    meta = os.path.join(root, "dataset.json")
-    if os.path.exists(meta):
-        with open(meta) as f:
-            if json.load(f)["version"] == _spec_version(spec):
-                return root
-    write_stream(spec, root, progress=lambda s: print(f"[generate] {s}", file=sys.stderr, flush=True))
-    return root
+    return stream_tier_root(args.data_dir, "pq", args.users, args.items, args.interactions,
+                            {"image": args.image_dim, "text": args.text_dim}, args.data_seed)
 
 
 def run(cmd: list[str], log_path: str) -> tuple[float, str]:

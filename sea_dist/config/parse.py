@@ -100,6 +100,23 @@ def _bad(key: str, value: Any, tp: Any, why: str = "") -> ConfigError:
     )
 
 
+def _number(key: str, value: Any, tp: type) -> int | float:
+    """An int or float field from a number or a string; never from a bool (``true`` is not one
+    epoch), and an int field takes a float only when it is whole (``3.0`` from YAML)."""
+    if isinstance(value, bool):
+        raise _bad(key, value, tp)
+    if isinstance(value, int) or (tp is float and isinstance(value, float)):
+        return tp(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return tp(value.strip())
+        except ValueError:
+            pass
+    raise _bad(key, value, tp)
+
+
 def parse_value(key: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` (a string from the command line, or a typed value from a file) to
     the field type ``tp``; raises :class:`ConfigError` naming key, value and expected type.
@@ -114,30 +131,8 @@ def parse_value(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise _bad(key, value, tp, "true/false, yes/no or 1/0")
-    if tp is int:
-        if isinstance(value, bool):
-            raise _bad(key, value, tp)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _bad(key, value, tp)
-    if tp is float:
-        if isinstance(value, bool):
-            raise _bad(key, value, tp)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise _bad(key, value, tp)
+    if tp in (int, float):
+        return _number(key, value, tp)
     if tp is str:
         if isinstance(value, str):
             return value
