@@ -66,3 +66,44 @@ def test_appended_summary_keeps_only_the_same_tier(lr_recipe, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["variant"] for r in lr_recipe.previous_rows(str(path), base)] == ["a"]
     assert lr_recipe.previous_rows(str(tmp_path / "missing.jsonl"), base) == []
+
+
+@pytest.fixture(scope="module")
+def partition_quality():
+    path = BENCH.parent / "partition_quality.py"
+    spec = importlib.util.spec_from_file_location("partition_quality_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pq_row(mode, parts, method, seed, best, over=None, tier="small"):
+    row = {"tier": tier, "users": 10, "items": 5, "interactions": 100, "epochs": 10, "batch_size": 2048,
+           "mode": mode, "parts": parts, "part_method": method, "seed": seed, "best_valid_recall@20": best}
+    if over is not None:
+        row["over_full"] = over
+    return row
+
+
+def test_partition_quality_judges_the_goal_on_seed_means(partition_quality, tmp_path):
+    """One seed 0.97 below the goal, the other 0.995: the configuration's mean (0.9825) passes;
+    rows of another tier in the same file are left out."""
+    rows = [
+        _pq_row("full_graph", 1, None, 1, 0.20), _pq_row("full_graph", 1, None, 2, 0.22, 1.1),
+        _pq_row("partitioned", 4, "random", 1, 0.194, 0.97), _pq_row("partitioned", 4, "random", 2, 0.2189, 0.995),
+        _pq_row("partitioned", 2, "metis", 1, 0.199, 0.995),
+        _pq_row("partitioned", 2, "metis", 1, 0.05, 0.25, tier="tiny"),
+    ]
+    path = tmp_path / "pq.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"stage": "summary"}) + "\n")
+    base = {k: rows[0][k] for k in partition_quality.RUN_KEYS}
+    earlier = partition_quality.previous_rows(str(path), base)
+    assert len(earlier) == 5
+    summary = partition_quality.summarise(earlier)
+    p4 = summary["configs"]["partitioned-p4-random"]
+    assert p4["seeds"] == [1, 2] and p4["mean_over_full"] == pytest.approx(0.9825)
+    assert p4["mean_best_valid_recall@20"] == pytest.approx(0.20645)
+    assert summary["full_graph_seed_spread"] == pytest.approx(0.9091, abs=1e-4)
+    assert summary["min_partitioned_mean_over_full"] == pytest.approx(0.9825) and summary["pass"] is True
+    failing = partition_quality.summarise(earlier[:3] + earlier[4:])  # seed 1 of P4 alone: 0.97
+    assert failing["min_partitioned_mean_over_full"] == pytest.approx(0.97) and failing["pass"] is False
