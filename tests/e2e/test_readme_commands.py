@@ -57,7 +57,7 @@ HOW: dict[str, str] = {
     "python jobs/prepare.py data.root=s3://bucket/catalog prepare.num_parts=8":
         "external: an AWS bucket (no endpoint override); tests/unit/test_prepare.py runs the same job against moto S3",
     "python jobs/train.py --config configs/catalog.toml data.root=s3://bucket/catalog train.num_workers=8":
-        "external: an AWS bucket and 8 workers; tests/e2e/test_partitioned_job.py runs partitioned training on moto S3",
+        "external: an AWS bucket and 8 workers; tests/e2e/test_seaweedfs_job.py runs prepare and partitioned training on a local S3 server",
     "ray up -y cluster/aws-gpu.yaml && ray dashboard cluster/aws-gpu.yaml &":
         "external: an AWS account; tests/e2e/test_local_cluster.py checks the file against Ray's cluster schema",
     "ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/train.py --config configs/reference.toml "
