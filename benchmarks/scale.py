@@ -247,6 +247,9 @@ def train_record(tier: dict, parts: int, result: dict) -> dict:
         "model_s_per_epoch": round(t["model_s_per_epoch"], 1),
         "club_fit_s_per_epoch": round(t["club_fit_s_per_epoch"], 1),
         "eval_s_per_epoch": round(t["eval_s_per_epoch"], 1),
+        # the step loop waiting for the input thread (sampling + feature fetch, prefetched)
+        "input_wait_s_per_epoch": round(t.get("input_wait_s_per_epoch", 0.0), 1),
+        "prefetch_batches": s["config"]["train"].get("prefetch_batches"),
         "peak_rss_mb_per_worker": s["peak_rss_mb_per_worker"],
         "graph_mb_per_worker": part["graph_mb_per_worker"],
         "user_table_rows_per_worker": part["user_table_rows_per_worker"],

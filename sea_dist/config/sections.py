@@ -247,6 +247,13 @@ class TrainConfig:
     feature_cache_rows: int = _opt(
         1_000_000, "partitioned mode: feature rows each worker keeps cached per modality"
     )
+    share_weight_products: bool = _opt(
+        True,
+        "with several workers: each computes only its share of the folded feature-transform "
+        "products (out x d x d per step, the bulk of a step at d = 4096) and the shares are "
+        "exchanged, instead of every worker computing all of them. Same numbers up to float "
+        "rounding; products under 2^26 multiply-adds stay local",
+    )
     warm_start_optimizer: bool = _opt(
         False, "with warm_start, also restore the dense parameters' Adam moments (same mode only)"
     )

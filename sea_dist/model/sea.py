@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +23,29 @@ from sea_dist.model.blocks import MiniBatch
 from sea_dist.model.full_graph import FullGraph
 
 
-def linear_after_linear(x: torch.Tensor, outer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+#: ``(a, w) -> a @ w``; a data-parallel trainer may supply one that shares the product out over
+#: its ranks (:class:`sea_dist.runtime.sharded_product.ShardedProduct`).
+WeightProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def linear_after_linear(
+    x: torch.Tensor, outer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor, product: WeightProduct | None = None
+) -> torch.Tensor:
     """``outer(x @ weight.T + bias)``, multiplied in the cheaper order.
 
     SEA transforms raw features with a square ``d x d`` Linear (d = 4096 for image features)
     and every consumer of the result starts with a narrow Linear. Folding the two
     (``(outer.W @ weight) x``) costs ``out*d*d + n*d*out`` instead of ``n*d*d + n*d*out``:
     for thousands of items per step that is ~10-20x fewer FLOPs at d = 4096. Same function
-    (matrix products are associative), float rounding aside.
+    (matrix products are associative), float rounding aside. With ``product`` the fold is
+    always taken (the choice must not depend on this rank's rows) and ``product`` forms it.
     """
-    if x.shape[0] <= outer.out_features:
-        return outer(F.linear(x, weight, bias))
-    folded_weight = outer.weight @ weight
+    if product is None:
+        if x.shape[0] <= outer.out_features:
+            return outer(F.linear(x, weight, bias))
+        folded_weight = outer.weight @ weight
+    else:
+        folded_weight = product(outer.weight, weight)
     folded_bias = outer.weight @ bias + outer.bias
     return F.linear(x, folded_weight, folded_bias)
 
@@ -99,20 +111,26 @@ class ModalityBranch(nn.Module):
         self.club_generic = nn.Linear(half, cfg.club_dim)  # T1_m
         self.club_unique = nn.Linear(half, cfg.club_dim)  # T2_m
         self.half = half
+        self.weight_product: WeightProduct | None = None  # set by SEA.share_weight_products
+
+    def _product(self) -> WeightProduct | None:
+        """The shared product while training (every rank runs the same training forward);
+        evaluation and no-grad passes stay local, as ranks evaluate different rows."""
+        return self.weight_product if self.training and torch.is_grad_enabled() else None
 
     def gcn_input(self, raw: torch.Tensor) -> torch.Tensor:
         """a_m = W2(leaky_relu(W1 L(x))) for every row."""
         w, b = self.transform.weight, self.transform.bias
-        return self.gcn_in_out(F.leaky_relu(linear_after_linear(raw, self.gcn_in_hidden, w, b)))
+        return self.gcn_in_out(F.leaky_relu(linear_after_linear(raw, self.gcn_in_hidden, w, b, self._product())))
 
     def auxiliary(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(T1(g), T2(u), H(g)) of the rows' z = L(x) = [g, u]."""
-        w, b, h = self.transform.weight, self.transform.bias, self.half
-        generic = linear_after_linear(raw, self.club_generic, w[:h], b[:h])
-        unique = linear_after_linear(raw, self.club_unique, w[h:], b[h:])
+        w, b, h, product = self.transform.weight, self.transform.bias, self.half, self._product()
+        generic = linear_after_linear(raw, self.club_generic, w[:h], b[:h], product)
+        unique = linear_after_linear(raw, self.club_unique, w[h:], b[h:], product)
         projected = None
         if self.projection is not None:
-            first = linear_after_linear(raw, self.projection.first, w[:h], b[:h])
+            first = linear_after_linear(raw, self.projection.first, w[:h], b[:h], product)
             projected = self.projection.from_first(first)
         return generic, unique, projected
 
@@ -174,6 +192,13 @@ class SEA(nn.Module):
         self.branches = nn.ModuleDict(
             {m: ModalityBranch(d, cfg, with_projection=self.alignment) for m, d in modalities.items()}
         )
+
+    def share_weight_products(self, product: WeightProduct | None) -> None:
+        """Form the folded weights (:func:`linear_after_linear`) with ``product`` in training
+        forwards (None: locally). A data-parallel trainer passes one that splits each product
+        over its ranks instead of computing it on every rank."""
+        for branch in self.branches.values():
+            branch.weight_product = product
 
     def forward(
         self, batch: MiniBatch, input_features: dict[str, torch.Tensor], tables: "UserTables"

@@ -88,8 +88,16 @@ class BatchSource:
         return []
 
     def training_model(self, model: nn.Module) -> nn.Module:
-        """What a step calls: the network, wrapped in DDP when several ranks train it."""
-        return DistributedDataParallel(model) if self.ctx.world_size > 1 else model
+        """What a step calls: the network, wrapped in DDP when several ranks train it (and,
+        with ``train.share_weight_products``, its folded weights shared out over the ranks)."""
+        if self.ctx.world_size == 1:
+            return model
+        if self.cfg.train.share_weight_products:
+            from sea_dist.runtime.sharded_product import ShardedProduct
+
+            # its own group: these collectives never interleave with DDP's gradient buckets
+            model.share_weight_products(ShardedProduct(torch.distributed.new_group()))
+        return DistributedDataParallel(model)
 
     # ---- one epoch, one step ----------------------------------------------------------------
     def plan_epoch(self, epoch: int):
