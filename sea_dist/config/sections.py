@@ -247,6 +247,13 @@ class TrainConfig:
     feature_cache_rows: int = _opt(
         1_000_000, "partitioned mode: feature rows each worker keeps cached per modality"
     )
+    share_club_fit: bool = _opt(
+        True,
+        "with several workers: CLUB's Q is fitted on the step's gathered rows with each worker "
+        "taking 1/P of them and the workers summing Q's gradient at every inner step (one small "
+        "all-reduce per inner step), instead of every worker fitting all rows. The same fitted Q "
+        "either way, up to float rounding",
+    )
     share_weight_products: bool = _opt(
         True,
         "with several workers: each computes only its share of the folded feature-transform "

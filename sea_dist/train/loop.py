@@ -215,10 +215,12 @@ class Trainer:
         self.source.push_table_grads(rows)
         backward_done = time.monotonic()
         # Q is fitted after the main backward and before the main step, as the reference does,
-        # on every worker's rows (gathered once; each worker then runs the identical fit).
+        # on every worker's rows (gathered once; each worker fits all of them, or its share with
+        # the gradient summed at each inner step: train.share_club_fit).
         fit_club_step(
             self.club, terms.club_generic, terms.club_unique, self.club_optimizer,
             self.cfg.model.club_inner_steps, self.ctx if self.ctx.world_size > 1 else None,
+            share_rows=self.cfg.train.share_club_fit,
         )
         fitted = time.monotonic()
         self.optimizer.step()

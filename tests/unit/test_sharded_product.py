@@ -56,7 +56,8 @@ def _trainer_step(rank: int, world: int, overrides: dict, shared: bool) -> dict:
     from sea_dist.train.loop import EpochTimes, StepInputs, Trainer
 
     torch.set_num_threads(1)
-    overrides = {**overrides, "train.share_weight_products": shared}
+    overrides = {**overrides, "train.share_weight_products": shared, "train.share_club_fit": shared,
+                 "model.club_inner_steps": 5}
     trainer = Trainer(apply_overrides(Config(), overrides), WorkerContext.from_process_group())
     product = None
     if shared:  # share every product, however small (the test's widths are tiny)
@@ -70,14 +71,16 @@ def _trainer_step(rank: int, world: int, overrides: dict, shared: bool) -> dict:
     inputs.features, _ = trainer.source.fetch_features(inputs.batch.input_items)
     trainer.train_step(inputs, EpochTimes())
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return {"grads": grads, "calls": 0 if product is None else product.shared_calls}
+    club = {n: p.detach().clone() for n, p in trainer.club.named_parameters()}
+    return {"grads": grads, "club": club, "calls": 0 if product is None else product.shared_calls}
 
 
 @pytest.mark.slow
 def test_a_training_step_with_shared_products_equals_the_replicated_one(tmp_path):
     """Two workers with unequal batches: the dense gradients after DDP are the same whether
     each worker forms every folded weight or only its share of each (8 shared products per step:
-    2 modalities x the GCN input, two CLUB views and the projection)."""
+    2 modalities x the GCN input, two CLUB views and the projection), and Q after its 5-step fit
+    is the same whether each worker fits all rows or its share (train.share_club_fit)."""
     root = str(tmp_path / "data")
     write_synthetic(SyntheticSpec(n_users=60, n_items=30, n_interactions=600, modalities={"image": 6, "text": 4}), root)
     overrides = _overrides(root)
@@ -88,3 +91,5 @@ def test_a_training_step_with_shared_products_equals_the_replicated_one(tmp_path
     for rank in range(2):
         for name, grad in replicated[rank]["grads"].items():
             torch.testing.assert_close(shared[rank]["grads"][name], grad, atol=1e-7, rtol=1e-5, msg=name)
+        for name, value in replicated[rank]["club"].items():
+            torch.testing.assert_close(shared[rank]["club"][name], value, atol=1e-6, rtol=1e-5, msg=name)
