@@ -248,11 +248,14 @@ class TrainConfig:
         1_000_000, "partitioned mode: feature rows each worker keeps cached per modality"
     )
     share_club_fit: bool = _opt(
-        True,
+        False,
         "with several workers: CLUB's Q is fitted on the step's gathered rows with each worker "
         "taking 1/P of them and the workers summing Q's gradient at every inner step (one small "
         "all-reduce per inner step), instead of every worker fitting all rows. The same fitted Q "
-        "either way, up to float rounding",
+        "either way, up to float rounding. Off by default: on 2 workers of one machine with the "
+        "bundled dataset's ~1.2k rows per worker the 50 all-reduces cost more than the halved "
+        "arithmetic saves (benchmarks/club_fit.py: 0.154 vs 0.103 s per fit); it pays when the "
+        "rows per step are many",
     )
     share_weight_products: bool = _opt(
         True,
