@@ -102,8 +102,10 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         procs.append(prometheus)
         env = dict(os.environ, SEA_DIST_RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
         env.pop("RAY_ADDRESS", None)
+        # 12 epochs: long enough that the scrapes below (a few seconds once training starts)
+        # happen while it trains, short enough for CI; a run over before them fails the waits
         job = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), "--epochs", "30",
+            [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--output-dir", str(out), "--epochs", "12",
              f"data.root={tiny_root}", "train.batch_size=256", "model.club_inner_steps=20", "train.patience=50",
              f"metrics.port={base}", "metrics.host=127.0.0.1", f"metrics.pushgateway_url=127.0.0.1:{push_port}"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
