@@ -45,8 +45,12 @@ BUCKET = "bench"
 # per worker and saturates above: measured per worker step on the 2M tier, 8,192 triples 5.5 s,
 # 32,768 8.9 s, 131,072 11.6 s, 524,288 14.5 s. A full epoch fits a session only at the large
 # batch (~30 min instead of ~4 h); the GPU catalog config keeps 8,192 per worker.
+# Those figures are the first generator's. With the clustered generator (v2, planted signal)
+# a step's frontier is larger: 131,072 triples per worker took 9.9 GB per worker and Ray's
+# memory monitor stopped the run on this 24 GiB machine, so the default is 65,536 per worker
+# (~21.6 s per step, 20.7 GB in use at the peak; docs/scaling.md).
 TRAIN_DEFAULTS = {
-    "train.batch_size": 262144,
+    "train.batch_size": 131072,
     "train.epochs": 1,
     "train.cpus_per_worker": 1,
     "graph.fanouts": "[5,5]",
