@@ -258,11 +258,13 @@ class TrainConfig:
         "rows per step are many",
     )
     share_weight_products: bool = _opt(
-        True,
+        False,
         "with several workers: each computes only its share of the folded feature-transform "
-        "products (out x d x d per step, the bulk of a step at d = 4096) and the shares are "
-        "exchanged, instead of every worker computing all of them. Same numbers up to float "
-        "rounding; products under 2^26 multiply-adds stay local",
+        "products (out x d x d per step, the same on every worker whatever its batch) and the "
+        "shares are exchanged, instead of every worker computing all of them. Same numbers up "
+        "to float rounding; products under 2^26 multiply-adds stay local. Off by default: at "
+        "MMRec's widths (4096 + 384) on 2 workers of one machine it did not pay "
+        "(benchmarks/vs_reference.py: 24.0 s per epoch with it, 21.0 s without)",
     )
     warm_start_optimizer: bool = _opt(
         False, "with warm_start, also restore the dense parameters' Adam moments (same mode only)"
