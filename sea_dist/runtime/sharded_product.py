@@ -2,9 +2,10 @@
 
 SEA folds its square feature transform into every narrow Linear that reads it
 (:func:`sea_dist.model.sea.linear_after_linear`): ``outer.W @ L.W`` costs ``out x d x d``
-multiply-adds per step, the same on every rank whatever its batch. At d = 4096 (image features)
-that product is nearly all of a step's arithmetic, so P data-parallel ranks on one machine pay
-for it P times. Here rank r computes only its block of the product's rows and the blocks are
+multiply-adds per step, the same on every rank whatever its batch, so P data-parallel ranks
+pay for it P times (~5.4 G multiply-adds per step for 4096-d image features at k = 64). Measured
+on 2 CPU workers of one machine it is a minor part of a step and sharing did not pay
+(``train.share_weight_products`` is off by default); the case for it is many workers. Here rank r computes only its block of the product's rows and the blocks are
 all-gathered (``out x d`` floats); in backward the ranks' output gradients are summed once
 (``out x d`` floats) and each rank forms the parameter gradients of its own block only.
 
@@ -31,18 +32,19 @@ MIN_SHARED_MACS = 1 << 26
 
 class ShardedProduct:
     """``a @ w`` for 2-D ``a`` [out, m] and ``w`` [m, d], its rows computed by the rank that
-    owns them (:class:`_ShardedMatmul`); small products and no-grad calls stay local."""
+    owns them (:class:`_ShardedMatmul`); small products stay local. The model calls it only in
+    training forwards (``ModalityBranch._product``), which every rank runs alike."""
 
     def __init__(self, group: dist.ProcessGroup | None = None, min_macs: int = MIN_SHARED_MACS):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         self.min_macs = min_macs
-        self.shared_calls = 0  # how many products this rank shared out (for the run summary)
+        self.shared_calls = 0  # how many products this rank shared out (tests, benchmarks)
 
     def __call__(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out, m = a.shape
-        if self.world == 1 or out * m * w.shape[1] < self.min_macs or not torch.is_grad_enabled():
+        if self.world == 1 or out * m * w.shape[1] < self.min_macs:
             return a @ w
         self.shared_calls += 1
         return _ShardedMatmul.apply(a, w, self)
