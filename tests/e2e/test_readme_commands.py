@@ -6,9 +6,11 @@ Every command in the README's ```bash blocks is listed in ``HOW`` with where it 
 * ``test``: a test below runs it verbatim, through ``bash`` in a scratch working directory that
   looks like a checkout (``jobs``, ``configs``, ``sea_dist`` linked to this one), so outputs and
   downloaded data never land in the repository. Only the environment differs from a user's: a
-  private Ray temp dir, the shared dataset cache, S3 test credentials. One exception, for CI
-  time: the MovieLens training command gets ``train.epochs=2`` appended (its full 20-epoch
-  result is docs/real-data.md's; the quick start runs in full);
+  private Ray temp dir, the shared dataset cache, S3 test credentials. Two exceptions, for CI
+  time: the MovieLens training command and the S3 example get ``train.epochs=2`` appended (the
+  MovieLens run's full 20-epoch result is docs/real-data.md's; the S3 example is about reading
+  and publishing through S3, which two epochs do as twenty would; the quick start runs in
+  full);
 * ``external``: needs what no test machine has (a cloud account, a Kubernetes cluster, GPUs,
   hosts other than the package registries, or hours); the reason says what covers it instead.
 
@@ -339,11 +341,12 @@ def s3_on_9000(tiny_root, monkeypatch):
 @pytest.mark.slow
 def test_s3_example(checkout, s3_on_9000):
     (command,) = RUNS["test_s3_example"]
-    log = _ok(bash(command, checkout, _env(**s3_on_9000)), command)
+    log = _ok(bash(f"{command} train.epochs=2", checkout, _env(**s3_on_9000)), command)
     from sea_dist.ops.publish import Publisher
 
     summary = Publisher("s3://bucket/runs/nightly", "http://127.0.0.1:9000").read_published_json("summary.json")
-    assert summary["dataset"]["name"] == "tiny-e2e"
+    assert summary["dataset"]["name"] == "tiny-e2e" and summary["epochs_run"] == 2
+    assert summary["mode"] == "sampled" and summary["world_size"] == 2
     assert not _noise(log), _noise(log)
 
 
@@ -352,21 +355,70 @@ def test_local_cluster_example(tmp_path):
     """The four lines of the local-cluster example as one shell session, in the repository (the
     job uploads it with --working-dir .): `ray job submit` to a head on loopback that
     cluster/local_cluster.sh started, the job's table reaching the submitter, and the training
-    it ran (2 workers, the smoke config's 2 epochs)."""
+    it ran (2 workers, the smoke config's 2 epochs). Before `down`, in the same session, a probe
+    (tests/e2e/cluster_probe.py) records what the running cluster looks like from outside: both
+    nodes alive through the dashboard's REST API (which refuses a caller without the token), a
+    driver with the env file alone running a task on each node, `status`, and every socket its
+    processes listen on (loopback, or all interfaces only where Ray binds them whatever the
+    flags say); after `down`, nothing it started is left."""
+    from tests.e2e import cluster_probe
+
     if shutil.which("setsid") is None:
         pytest.skip("needs setsid")
-    if not (_port_free(26379) and _port_free(28265)):
+    port, dashboard = 26379, 28265  # the script's defaults, which the README's lines use
+    if not (_port_free(port) and _port_free(dashboard)):
         pytest.skip("the script's default ports (26379, 28265) are taken by another cluster on this machine")
     shutil.rmtree("/tmp/sea-job", ignore_errors=True)
     up, source, submit, down = RUNS["test_local_cluster_example"]
-    env = _env(SEA_DIST_CLUSTER_DIR=str(tmp_path / "cluster"))
+    state = tmp_path / "cluster"
+    env = _env(SEA_DIST_CLUSTER_DIR=str(state))
     env.setdefault("RAY_AUTH_MODE", "token")
-    script = f"set -e\n{up}\n{source}\ntrap 'cluster/local_cluster.sh down' EXIT\n{submit}\ntrap - EXIT\n{down}\n"
-    log = _ok(bash(script, REPO, env), script)
-    assert "succeeded" in log.lower() and "Recall@20" in log
-    summary = _summary(Path("/tmp/sea-job"))
-    assert summary["mode"] == "sampled" and summary["world_size"] == 2 and summary["epochs_run"] == 2
-    shutil.rmtree("/tmp/sea-job", ignore_errors=True)
+    facts_path = tmp_path / "probe.json"
+    probe = f"python -m tests.e2e.cluster_probe {facts_path}"
+    script = f"set -e\n{up}\n{source}\ntrap 'cluster/local_cluster.sh down' EXIT\n{submit}\n{probe}\ntrap - EXIT\n{down}\n"
+    try:
+        log = _ok(bash(script, REPO, env), script)
+        assert "succeeded" in log.lower() and "Recall@20" in log
+        summary = _summary(Path("/tmp/sea-job"))
+        assert summary["mode"] == "sampled" and summary["world_size"] == 2 and summary["epochs_run"] == 2
+        facts = json.loads(facts_path.read_text())
+    finally:
+        purge = bash("cluster/local_cluster.sh down --purge", REPO, env, timeout=120)
+        shutil.rmtree("/tmp/sea-job", ignore_errors=True)
+
+    # the running cluster, as the probe saw it
+    assert [name for name, _pid in facts["groups"]] == ["head", "worker-1"]
+    assert facts["env"] == {"RAY_ADDRESS": f"127.0.0.2:{port}", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+    assert facts["unauthorised_status"] == 401, "the dashboard answered without a token"
+    assert facts["nodes_status"] == 200 and sorted(n["state"] for n in facts["nodes"]) == ["ALIVE", "ALIVE"]
+    assert {n["node_ip"] for n in facts["nodes"]} == {"127.0.0.2"}
+    assert sorted(n["is_head_node"] for n in facts["nodes"]) == [False, True]
+    assert facts["driver_rc"] == 0, facts["driver"]
+    driver = facts["driver"]
+    assert len(driver["nodes"]) == 2 and {n["ip"] for n in driver["nodes"]} == {"127.0.0.2"}
+    assert sorted(driver["ran_on"]) == sorted(n["id"] for n in driver["nodes"])
+    assert facts["status_rc"] == 0 and "alive nodes: 2" in facts["status"], facts["status"]
+    assert facts["listeners"], "found no listening socket of the cluster"
+    problems, report = cluster_probe.judge_listeners(facts["listeners"], port, dashboard)
+    print("local cluster listeners:\n  " + "\n  ".join(report))
+    assert not problems, "\n".join(problems + ["all listeners:"] + report)
+
+    # `down` stopped everything it started; `--purge` removed Ray's temp dir and the state
+    assert purge.returncode == 0, purge.stdout + purge.stderr
+    pgids = {pid for _name, pid in facts["groups"]}
+    assert not cluster_probe.pids_in_groups(pgids), "processes of the cluster survived down"
+    temp_dir = facts["conf"].get("RAY_TEMP_DIR", "")
+    assert temp_dir.startswith("/tmp/ray-lc.") and not os.path.exists(temp_dir)
+    leftovers = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if temp_dir in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                    leftovers.append(entry)
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                continue
+    assert not leftovers, f"processes of the cluster survived down: {leftovers}"
+    assert not state.exists()
 
 
 @pytest.mark.slow
