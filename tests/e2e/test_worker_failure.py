@@ -1,5 +1,6 @@
 """Kill a training worker mid-epoch: Ray Train restarts the group from the latest (mid-epoch)
-checkpoint, the run finishes, and its result matches an uninterrupted run with the same seed.
+checkpoint, the run finishes, and its result matches an uninterrupted run with the same seed
+(one epoch: the kill lands after a mid-epoch checkpoint of epoch 0).
 
 Run in partitioned mode, the one whose checkpoint has the most parts (state.pt plus every rank's
 table shard); Ray Train's restart path is the same in every mode. That a sampled-mode run
@@ -22,7 +23,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, published_summary
 
-ARGS = ["--epochs", "2", "train.batch_size=256", "train.checkpoint_every_steps=2", "train.max_failures=1",
+ARGS = ["--epochs", "1", "train.batch_size=256", "train.checkpoint_every_steps=2", "train.max_failures=1",
         "train.patience=50", "model.club_inner_steps=5", "eval.user_batch_size=128"]
 
 
@@ -64,9 +65,9 @@ def _registered_step_checkpoint(out, epoch, timeout_s=600.0):
     return None
 
 
-def _run(root, out, kill_in_epoch1=False, extra=()):
-    """Train; with ``kill_in_epoch1``, SIGKILL a training worker as soon as a mid-epoch
-    checkpoint of epoch 1 is registered (no fixed sleep: the kill waits on that event)."""
+def _run(root, out, kill=False, extra=()):
+    """Train; with ``kill``, SIGKILL a training worker as soon as a mid-epoch checkpoint of
+    epoch 0 is registered (no fixed sleep: the kill waits on that event)."""
     temp_dir = tempfile.mkdtemp(prefix="sea_ray_", dir="/tmp")
     env = dict(os.environ, SEA_DIST_RAY_TMPDIR=temp_dir, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
     env.pop("RAY_ADDRESS", None)
@@ -77,8 +78,8 @@ def _run(root, out, kill_in_epoch1=False, extra=()):
     lines, killed = [], {}
     thread = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     thread.start()
-    if kill_in_epoch1:
-        checkpoint = _registered_step_checkpoint(out, epoch=1)
+    if kill:
+        checkpoint = _registered_step_checkpoint(out, epoch=0)
         victims = _train_workers(temp_dir) if checkpoint else []
         if victims and proc.poll() is None:
             victims[-1].send_signal(signal.SIGKILL)
@@ -109,15 +110,16 @@ def test_killed_partitioned_worker_resumes_from_its_table_shard(tiny_root, tmp_p
     rc, log, _ = _run(root, tmp_path / "clean", extra=["train.partitioned=true", "train.checkpoint_every_steps=0"])
     assert rc == 0, log[-3000:]
     clean = published_summary(tmp_path / "clean")
-    # the uninterrupted run learned (so equal results are not two equally untrained models)
+    # the uninterrupted run learned (so equal results are not two equally untrained models;
+    # measured: test Recall@20 0.3739 vs popularity 0.2986 after its one epoch, 1.25x)
     assert clean["test"]["recall@20"] >= 1.2 * clean["popularity_test_recall@20"], clean["test"]
-    rc, log, killed = _run(root, tmp_path / "killed", kill_in_epoch1=True, extra=["train.partitioned=true"])
-    assert killed, "no registered mid-epoch checkpoint of epoch 1, or no RayTrainWorker to kill:\n" + log[-3000:]
+    rc, log, killed = _run(root, tmp_path / "killed", kill=True, extra=["train.partitioned=true"])
+    assert killed, "no registered mid-epoch checkpoint of epoch 0, or no RayTrainWorker to kill:\n" + log[-3000:]
     assert rc == 0, log[-5000:]
     resumed = re.findall(r"resuming at step (\d+)", log)
     assert resumed, "no mid-epoch resume:\n" + log[-3000:]
     summary = published_summary(tmp_path / "killed")
-    assert summary["mode"] == "partitioned" and summary["epochs_run"] == 2
+    assert summary["mode"] == "partitioned" and summary["epochs_run"] == 1
     print(f"partitioned worker killed after {killed['after']}; resumed at step {resumed[0]}; "
           f"valid recall@20 clean {clean['valid']['recall@20']:.6f} vs killed {summary['valid']['recall@20']:.6f}")
     _same_result(clean, summary)
