@@ -73,6 +73,14 @@ def _wait(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _advanced(now, before):
+    """``now`` if its batch counter is past ``before``'s, else None."""
+    name = "sea_dist_batches_total"
+    if name in now and now[name][0].value > before[name][0].value:
+        return now
+    return None
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="Debian package prometheus not installed")
 def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
@@ -115,8 +123,9 @@ def test_training_metrics_scraped_by_prometheus(tiny_root, tmp_path):
         # every worker's endpoint, while the run trains
         first = {p: _wait(lambda p=p: _scrape(p).get("sea_dist_epoch") and _scrape(p), 420, f"worker :{p}")
                  for p in (base, base + 1)}
-        time.sleep(3)
-        second = {p: _scrape(p) for p in (base, base + 1)}
+        # a later scrape of each, once that worker has trained more batches (an event, not a pause)
+        second = {p: _wait(lambda p=p: _advanced(_scrape(p), first[p]), 300, f"more batches on :{p}")
+                  for p in (base, base + 1)}
         ranks = set()
         for port in (base, base + 1):
             for name in REQUIRED:
