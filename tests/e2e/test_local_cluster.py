@@ -71,3 +71,24 @@ def test_local_cluster_refuses_unsafe_settings(tmp_path):
     assert nothing.returncode == 0
     status = _run(["status", "--state-dir", state], env, timeout=60)
     assert status.returncode == 3
+
+
+def test_listener_judgement_flags_what_it_must():
+    """The listener rules the README cluster example applies, on hand-made sockets: loopback and
+    Ray's forced wildcard ports pass; a routable address, a wildcard socket on a port that must
+    be loopback, an unknown wildcard port, and a missing dashboard each fail."""
+    from tests.e2e.cluster_probe import judge_listeners
+
+    port, dashboard = 26379, 28265
+    head, worker = port + 1, port + 11
+    good = [("127.0.0.1", dashboard, "python"), ("127.0.0.2", head + 2, "python"),
+            ("127.0.0.2", worker + 2, "python"), ("0.0.0.0", port, "gcs_server"),
+            ("*", head, "raylet"), ("0.0.0.0", 40123, "ray::RayTrainWorker")]
+    assert judge_listeners(good, port, dashboard)[0] == []
+    bad = good + [("10.1.2.3", head + 5, "raylet"), ("0.0.0.0", head + 2, "python"),
+                  ("0.0.0.0", 40124, "python")]
+    problems, report = judge_listeners(bad, port, dashboard)
+    assert len(problems) == 3 and len(report) == len(bad), problems
+    assert any("10.1.2.3" in p for p in problems)
+    missing = [row for row in good if row[1] != dashboard]
+    assert judge_listeners(missing, port, dashboard)[0] == [f"nothing listens on loopback port {dashboard}"]
