@@ -3,11 +3,12 @@
 SEA folds its square feature transform into every narrow Linear that reads it
 (:func:`sea_dist.model.sea.linear_after_linear`): ``outer.W @ L.W`` costs ``out x d x d``
 multiply-adds per step, the same on every rank whatever its batch, so P data-parallel ranks
-pay for it P times (~5.4 G multiply-adds per step for 4096-d image features at k = 64). Measured
-on 2 CPU workers of one machine it is a minor part of a step and sharing did not pay
-(``train.share_weight_products`` is off by default); the case for it is many workers. Here rank r computes only its block of the product's rows and the blocks are
-all-gathered (``out x d`` floats); in backward the ranks' output gradients are summed once
-(``out x d`` floats) and each rank forms the parameter gradients of its own block only.
+pay for it P times (~5.4 G multiply-adds per step for 4096-d image features at k = 64).
+Measured on 2 CPU workers of one machine it is a minor part of a step and sharing did not pay
+(``train.share_weight_products`` is off by default); the case for it is many workers. Here
+rank r computes only its block of the product's rows and the blocks are all-gathered
+(``out x d`` floats); in backward the ranks' output gradients are summed once (``out x d``
+floats) and each rank forms the parameter gradients of its own block only.
 
 Why the gradients come out right under DDP: DDP averages each parameter's gradient over the
 ranks. A rank returns, for its rows, the gradient of the *sum* of every rank's loss (and zero

@@ -70,6 +70,20 @@ def pids_in_groups(pgids: set[int]) -> dict[int, str]:
     return out
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (a cluster's Ray temp dir: its leftovers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
 def listeners(pids: set[int]) -> list[tuple[str, int, str]]:
     """``(address, port, process name)`` of TCP listeners owned by ``pids``: ``ss -ltnpH`` if
     available, else psutil."""

@@ -438,14 +438,7 @@ def test_local_cluster_example(tmp_path):
     assert not cluster_probe.pids_in_groups(pgids), "processes of the cluster survived down"
     temp_dir = facts["conf"].get("RAY_TEMP_DIR", "")
     assert temp_dir.startswith("/tmp/ray-lc.") and not os.path.exists(temp_dir)
-    leftovers = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if temp_dir in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
-                    leftovers.append(entry)
-            except (FileNotFoundError, PermissionError, ProcessLookupError):
-                continue
+    leftovers = cluster_probe.processes_mentioning(temp_dir)
     assert not leftovers, f"processes of the cluster survived down: {leftovers}"
     assert not state.exists()
 
