@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "CLUB_FIT_CHOICES", "METRIC_CHOICES", "Checks", "is_int"]
+__all__ = ["ConfigError", "CLUB_FIT_CHOICES", "CLUB_KERNEL_CHOICES", "METRIC_CHOICES", "Checks", "is_int"]
+CLUB_KERNEL_CHOICES = ("auto", "native", "torch")
 
 CLUB_FIT_CHOICES = ("as_published", "within_modality")
 METRIC_CHOICES = ("recall", "ndcg", "precision", "map")

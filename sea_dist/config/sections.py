@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 
-from sea_dist.config.checks import CLUB_FIT_CHOICES, METRIC_CHOICES, Checks, ConfigError, is_int
+from sea_dist.config.checks import CLUB_FIT_CHOICES, CLUB_KERNEL_CHOICES, METRIC_CHOICES, Checks, ConfigError, is_int
 
 
 def _opt(default, help: str, **kw):
@@ -257,6 +257,14 @@ class TrainConfig:
         "arithmetic saves (benchmarks/club_fit.py: 0.154 vs 0.103 s per fit); it pays when the "
         "rows per step are many",
     )
+    club_kernel: str = _opt(
+        "auto",
+        "how each inner step of CLUB's Q fit is computed on a CPU: auto = a small C kernel "
+        "compiled on first use for this CPU and cached under $SEA_DIST_CACHE/native (about 2x "
+        "faster than torch ops, benchmarks/club_fit.py), falling back to torch ops with a warning "
+        "where no C compiler is found; native = the C kernel or an error; torch = torch ops only. "
+        "Same fitted Q to float rounding; a GPU worker always uses torch ops",
+    )
     share_weight_products: bool = _opt(
         False,
         "with several workers: each computes only its share of the folded feature-transform "
@@ -291,6 +299,10 @@ class TrainConfig:
             f"train.lr_scaling must be none, sqrt or linear, got {self.lr_scaling!r}",
         )
         c.need(self.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        c.need(
+            self.club_kernel in CLUB_KERNEL_CHOICES,
+            f"train.club_kernel must be one of {', '.join(CLUB_KERNEL_CHOICES)}, got {self.club_kernel!r}",
+        )
         c.positive_int("lr_reference_batch")
         c.need(
             self.user_tables in ("sharded", "replicated"),

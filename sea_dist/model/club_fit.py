@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from sea_dist.model.club_native import ClubKernel, club_kernel
 from sea_dist.model.losses import GaussianPredictor, club_learning_loss
 
 Pair = tuple[GaussianPredictor, torch.Tensor, torch.Tensor]
@@ -75,26 +76,41 @@ class _NetFit:
     """
 
     def __init__(
-        self, net: GaussianPredictor, x: torch.Tensor, y: torch.Tensor, scale: float, weights: torch.Tensor | None
+        self,
+        net: GaussianPredictor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        scale: float,
+        weights: torch.Tensor | None,
+        kernel: str = "auto",
     ):
         mu_in, _, mu_out, _ = _layers(net)
         self.net, self.scale, self.hidden = net, scale, mu_in.out_features
         rows, d_x, d_y, h = x.shape[0], x.shape[1], y.shape[1], self.hidden
-        self.x = x.contiguous()  # [R, d_x]: the input layer's weight gradient
-        self.x_t = x.t().contiguous()  # [d_x, R]
-        self.y_t = y.t().contiguous()  # [d_y, R]
         self.shapes = {
             "w1": (2 * h, d_x),
             "b1": (2 * h, 1),
             "w2": (2, d_y, h),
             "b2": (2, d_y, 1),
         }
+        self.like = x.new_empty(())  # the fit's dtype and device
+        self.weights = None if weights is None else weights.reshape(1, rows).to(x)
+        self.native = None
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            compiled = club_kernel(d_x, h, d_y, kernel)
+            if compiled is not None:
+                self.native = _NativeInputs(compiled, x, y, self.weights)
+                return  # the torch form's buffers are not needed
+        elif kernel == "native":
+            raise ValueError(f"fit_club: the native kernel fits float32 CPU rows, got {x.dtype} on {x.device}")
+        self.x = x.contiguous()  # [R, d_x]: the input layer's weight gradient
+        self.x_t = x.t().contiguous()  # [d_x, R]
+        self.y_t = y.t().contiguous()  # [d_y, R]
         new = lambda *shape: x.new_empty(shape)  # noqa: E731
         self.act, self.g_act, self.relu_on = new(2 * h, rows), new(2 * h, rows), new(2 * h, rows)
         self.out, self.g_out = new(2, d_y, rows), new(2, d_y, rows)  # (mu, 2z), (dL/dmu, dL/dz)
         self.w2_scaled, self.b2_scaled, self.g_w2_t = new(2, d_y, h), new(2, d_y, 1), new(2, h, d_y)
         self.head_scale = x.new_tensor([1.0, 2.0]).view(2, 1, 1)  # the logvar head yields 2z
-        self.weights = None if weights is None else weights.reshape(1, rows).to(x)
         self.two = x.new_full((), 2.0) if weights is None else 2.0 * self.weights
         self.log2e = x.new_full((), _LOG2E)
 
@@ -135,6 +151,8 @@ class _NetFit:
         formed as autograd forms it (exactly 0 where d^2 exp(-logvar) is exactly 1) and
         ``scale`` is applied only to the small weight gradients.
         """
+        if self.native is not None:
+            return self.native.gradients(p["w1"], grad["w1"], self.scale, want_loss)
         h, s, w = self.hidden, self.scale, self.weights
         act, out, g_out, g_act = self.act, self.out, self.g_out, self.g_act
         rows = act.shape[1]
@@ -170,8 +188,36 @@ class _NetFit:
         return loss
 
 
+class _NativeInputs:
+    """One Q's rows laid out for the compiled kernel (``club_native``): the same [features,
+    rows] layout, padded to a whole number of vectors with rows of weight 0 (which add
+    exactly nothing), plus the kernel's scratch memory, allocated once per fit."""
+
+    def __init__(self, kernel: ClubKernel, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None):
+        rows = x.shape[0]
+        stride = -(-rows // kernel.lanes) * kernel.lanes
+        self.kernel, self.stride = kernel, stride
+        self.x_t = x.new_zeros(x.shape[1], stride)
+        self.x_t[:, :rows] = x.t()
+        self.y_t = y.new_zeros(y.shape[1], stride)
+        self.y_t[:, :rows] = y.t()
+        self.weight = x.new_zeros(stride)
+        self.weight[:rows] = 1.0 if weights is None else weights.reshape(rows)
+        self._scratch = torch.empty(kernel.scratch_bytes + 64, dtype=torch.uint8)
+        self.scratch = self._scratch.data_ptr() + (-self._scratch.data_ptr()) % 64  # vector-aligned
+
+    def gradients(self, params: torch.Tensor, grad: torch.Tensor, scale: float, want_loss: bool) -> float:
+        """``params``/``grad``: the first view of this Q's contiguous segment of the flat
+        buffers (the kernel reads and writes the whole segment in :class:`_NetFit`'s order)."""
+        loss = self.kernel.step(
+            self.x_t.data_ptr(), self.y_t.data_ptr(), self.weight.data_ptr(), self.stride,
+            params.data_ptr(), grad.data_ptr(), scale, int(want_loss), self.scratch,
+        )
+        return scale * loss if want_loss else 0.0
+
+
 def _net_fits(
-    pairs: list[Pair], row_weights: torch.Tensor | None, rows_in_total: float | None = None
+    pairs: list[Pair], row_weights: torch.Tensor | None, rows_in_total: float | None = None, kernel: str = "auto"
 ) -> list[_NetFit]:
     """One :class:`_NetFit` per Q. A Q's pairs are one concatenated batch weighted by their
     number: the sum of the pairs' means when their row counts are equal, as they are.
@@ -195,7 +241,7 @@ def _net_fits(
             continue
         else:
             total = x.shape[0] if weights is None else float(weights.sum())
-        fits.append(_NetFit(net, x, y, len(xs) / total, weights))
+        fits.append(_NetFit(net, x, y, len(xs) / total, weights, kernel))
     return fits
 
 
@@ -229,6 +275,7 @@ def fit_club(
     row_weights: torch.Tensor | None = None,
     rows_in_total: float | None = None,
     reduce_gradients: Callable[[torch.Tensor], object] | None = None,
+    kernel: str = "auto",
 ) -> float:
     """Q's inner loop: ``steps`` Adam steps on the summed negative log-likelihood of the
     pairs (each pair's loss is a mean over its rows; with ``row_weights``, one weight per row
@@ -245,15 +292,18 @@ def fit_club(
     - passes its own rows and ``after_backward``, called once per step while the
       parameters' ``.grad`` hold that step's gradients (it may average them in place).
 
-    ``threads``: intra-op threads for the fit (None = leave as is). Returns the last step's
-    loss (this worker's rows' part of it when the rows are shared out).
+    ``threads``: intra-op threads for the fit (None = leave as is). ``kernel``: how each inner
+    step's gradient is computed on a CPU: ``auto`` (the compiled kernel of
+    :mod:`sea_dist.model.club_native` where it builds, else torch ops), ``native`` or ``torch``
+    (same numbers to float rounding). Returns the last step's loss (this worker's rows' part
+    of it when the rows are shared out).
     """
     if not pairs or steps <= 0:
         return 0.0
     device = pairs[0][1].device.type
     # Q fits in fp32 even when called inside a mixed-precision (autocast) region
     with intra_op_threads(threads) if threads else contextlib.nullcontext(), torch.autocast(device, enabled=False):
-        fits = _net_fits(pairs, row_weights, rows_in_total)
+        fits = _net_fits(pairs, row_weights, rows_in_total, kernel)
         return _fit(fits, optimizer, steps, after_backward, reduce_gradients)
 
 
@@ -266,7 +316,7 @@ def _fit(
 ) -> float:
     if not fits:
         return 0.0
-    x0 = fits[0].x_t
+    x0 = fits[0].like
     sizes = [f.size() for f in fits]
     flat = x0.new_empty(sum(sizes))
     flat_grad = torch.zeros_like(flat)

@@ -144,6 +144,7 @@ def fit_club_step(
     steps: int,
     workers: Workers | None = None,
     share_rows: bool = False,
+    kernel: str = "auto",
 ) -> float:
     """Q's fit for one training step, as the reference does it after the main backward.
 
@@ -155,16 +156,17 @@ def fit_club_step(
     1/world share of the merged rows and the workers sum their gradients at every inner
     step (each worker's arithmetic divided by the world size, one small all-reduce per
     inner step; replicas equal because every worker applies the same summed gradient).
-    Returns the last inner step's loss (with ``share_rows``, this worker's part of it).
+    ``kernel``: how an inner step's gradient is computed (:func:`fit_club`). Returns the last
+    inner step's loss (with ``share_rows``, this worker's part of it).
     """
     pairs = club.fitting_pairs(generic, unique)
     if steps <= 0:
         return 0.0  # every worker skips alike (steps is configuration), so no collective either
     if workers is None:
-        return fit_club(pairs, optimizer, steps)
+        return fit_club(pairs, optimizer, steps, kernel=kernel)
     pairs, weights = gather_fitting_pairs(pairs, workers)
     if not share_rows or workers.world_size == 1 or not pairs:
-        return fit_club(pairs, optimizer, steps, row_weights=weights)
+        return fit_club(pairs, optimizer, steps, row_weights=weights, kernel=kernel)
     rows = pairs[0][1].shape[0]
     total = float(rows if weights is None else weights.sum())
     lo, hi = rows * workers.rank // workers.world_size, rows * (workers.rank + 1) // workers.world_size
@@ -176,6 +178,7 @@ def fit_club_step(
         row_weights=None if weights is None else weights[lo:hi],
         rows_in_total=total,
         reduce_gradients=workers.all_reduce_sum,
+        kernel=kernel,
     )
 
 

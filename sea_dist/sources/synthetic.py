@@ -45,6 +45,7 @@ import numpy as np
 from sea_dist.data.meta import DatasetMeta, SPLIT_NAMES
 from sea_dist.data.writer import write_dataset
 from sea_dist.sources.spec_checks import check_common_spec, count_cap
+from sea_dist.local_cache import cache_dir  # noqa: F401  (also this module's public name for it)
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -275,11 +276,6 @@ def _spec_key(spec: SyntheticSpec) -> str:
     # and gets mm_image_weight), so {"image", "text"} and {"text", "image"} are different data
     blob = json.dumps(asdict(spec)).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def cache_dir() -> str:
-    """Where generated datasets live: ``$SEA_DIST_CACHE`` or ``~/.cache/sea_dist``."""
-    return os.environ.get("SEA_DIST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sea_dist")
 
 
 def default_dataset_root(spec: SyntheticSpec | None = None) -> str:

@@ -220,7 +220,7 @@ class Trainer:
         fit_club_step(
             self.club, terms.club_generic, terms.club_unique, self.club_optimizer,
             self.cfg.model.club_inner_steps, self.ctx if self.ctx.world_size > 1 else None,
-            share_rows=self.cfg.train.share_club_fit,
+            share_rows=self.cfg.train.share_club_fit, kernel=self.cfg.train.club_kernel,
         )
         fitted = time.monotonic()
         self.optimizer.step()

@@ -16,6 +16,7 @@ from sea_dist.runtime.distributed import WorkerContext
 from tests.dist_utils import run_distributed
 
 TOL = 1e-6
+KERNELS = ["native", "torch"]  # the compiled CPU kernel (club_native) and torch ops: both must match
 MODES = {"as_published": ["image", "text"], "within_modality": ["image", "text", "audio"]}
 
 
@@ -57,7 +58,8 @@ def _state(club, optimizer) -> dict:
     return out
 
 
-def test_first_step_by_hand():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_first_step_by_hand(kernel):
     """Zero Q, y = +-1: mu = logvar = 0, so the loss is sum(y^2)/2 per row (16 for 32 dims)
     per pair; only mu's output bias has a gradient (-mean y per dim; logvar's is
     (1 - y^2)/2 = 0; hidden activations are 0) and Adam's first step moves it by lr * sign."""
@@ -69,7 +71,7 @@ def test_first_step_by_hand():
     sign = torch.where(torch.arange(32) % 3 == 0, -1.0, 1.0)
     generic = {"image": sign.repeat(rows, 1), "text": torch.randn(rows, 32)}
     unique = {"image": sign.repeat(rows, 1), "text": torch.randn(rows, 32)}
-    loss = fit_club(club.fitting_pairs(generic, unique), opt, 1)
+    loss = fit_club(club.fitting_pairs(generic, unique), opt, 1, kernel=kernel)
     assert loss == pytest.approx(2 * 16.0, rel=1e-6)  # two pairs, each a mean of 16
     net = club.net_for("image")
     lr_step = 1e-4 * 2.0 / (2.0 + 1e-8)  # lr * |g| / (|g| + eps), |g| = 2 (two pairs' means)
@@ -79,13 +81,14 @@ def test_first_step_by_hand():
     assert float(opt.state[net.mu[2].bias]["step"]) == 1.0
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("mode", list(MODES))
-def test_fast_fit_equals_autograd_fit_and_continues_its_adam_state(mode):
+def test_fast_fit_equals_autograd_fit_and_continues_its_adam_state(mode, kernel):
     fast, fast_opt = _club(mode)
     ref, ref_opt = _club(mode)
-    for step in range(2):  # the second fit starts from the first one's Adam state
-        generic, unique = _views(MODES[mode], 57, seed=step)
-        fast_loss = fit_club(fast.fitting_pairs(generic, unique), fast_opt, 50)
+    for step, rows in enumerate((57, 3)):  # the second fit starts from the first one's Adam state
+        generic, unique = _views(MODES[mode], rows, seed=step)  # 3 rows: less than one vector
+        fast_loss = fit_club(fast.fitting_pairs(generic, unique), fast_opt, 50, kernel=kernel)
         ref_loss = fit_club_reference(ref.fitting_pairs(generic, unique), ref_opt, 50)
         assert fast_loss == pytest.approx(ref_loss, rel=1e-6)
         assert _max_diff(_state(fast, fast_opt), _state(ref, ref_opt)) < TOL
@@ -113,7 +116,8 @@ def test_low_precision_views_are_fitted_in_q_precision():
     assert _max_diff(_state(fast, fast_opt), _state(ref, ref_opt)) < TOL
 
 
-def test_hook_sees_each_steps_gradients():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_hook_sees_each_steps_gradients(kernel):
     """``after_backward`` sees autograd's gradients in ``.grad`` and may rewrite them in
     place (how per-inner-step averaging plugs in); here it doubles them."""
     fast, fast_opt = _club("as_published")
@@ -126,7 +130,7 @@ def test_hook_sees_each_steps_gradients():
         for p in module.parameters():
             p.grad.mul_(2.0)
 
-    fit_club(fast.fitting_pairs(generic, unique), fast_opt, 3, lambda: double(fast))
+    fit_club(fast.fitting_pairs(generic, unique), fast_opt, 3, lambda: double(fast), kernel=kernel)
     fit_club_reference(ref.fitting_pairs(generic, unique), ref_opt, 3, lambda: double(ref))
     assert len(seen) == 6
     for got, want in zip(seen[:3], seen[3:]):
@@ -178,15 +182,16 @@ def test_identical_rows_are_merged_with_their_counts():
     assert merge_identical_rows(rows[[0, 1, 3]])[1] is None
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("mode", list(MODES))
-def test_merged_rows_fit_as_the_rows_they_stand_for(mode):
+def test_merged_rows_fit_as_the_rows_they_stand_for(mode, kernel):
     """Two fake ranks holding the same items: the fit on merged rows (weight 2) equals the
     plain fit on both copies."""
     generic, unique = _views(MODES[mode], 31, seed=5)
     fast, fast_opt = _club(mode)
     gathered, weights = gather_fitting_pairs(fast.fitting_pairs(generic, unique), _TwoFakeRanks(0.0))
     assert weights is not None and weights.tolist() == [2.0] * 31
-    fit_club(gathered, fast_opt, 50, row_weights=weights)
+    fit_club(gathered, fast_opt, 50, row_weights=weights, kernel=kernel)
     ref, ref_opt = _club(mode)
     both = ({m: torch.cat([t, t]) for m, t in generic.items()}, {m: torch.cat([t, t]) for m, t in unique.items()})
     fit_club_reference(ref.fitting_pairs(*both), ref_opt, 50)
@@ -229,9 +234,9 @@ def _fit_both_ways(rank, ctx):
         total = float(ctx.all_reduce_sum(torch.tensor([local], dtype=torch.float64)))
         fit_club_reference(pairs, ref_opt, 50, lambda: ctx.average_gradients(ref, local, total))
         fast, fast_opt = _club(mode)
-        fit_club_step(fast, generic, unique, fast_opt, 50, ctx)
+        fit_club_step(fast, generic, unique, fast_opt, 50, ctx, kernel="native")
         shared, shared_opt = _club(mode)
-        fit_club_step(shared, generic, unique, shared_opt, 50, ctx, share_rows=True)
+        fit_club_step(shared, generic, unique, shared_opt, 50, ctx, share_rows=True, kernel="native")
         out[mode] = (_state(ref, ref_opt), _state(fast, fast_opt), _state(shared, shared_opt))
     _, weights = gather_fitting_pairs(pairs, ctx)
     out["merged_rows"] = None if weights is None else (weights.shape[0], float(weights.sum()))
