@@ -13,12 +13,16 @@ timed in the same seconds:
   torch's default thread count on this machine) and ``after_2_threads`` (the new fit
   without its scoped single thread) on the first ``--two-thread-steps`` steps;
 - ``after``: :func:`fit_club_step` (rows gathered once, identical rows merged, the fast
-  local fit on one thread); with several ranks also ``after_shared`` (``share_rows=True``:
-  each rank fits a share of the merged rows, gradients summed at every inner step).
+  local fit on one thread, each inner step's gradient by the compiled kernel where it
+  builds: the record's ``kernel``); ``after_torch_ops`` the same with ``kernel="torch"``
+  (the hand-written torch form the kernel replaced); with several ranks also
+  ``after_shared`` (``share_rows=True``: each rank fits a share of the merged rows,
+  gradients summed at every inner step).
 
 ``--inner-steps`` (50, the reference's) inner steps each. With ``--trainer``, also two
 Trainer runs, ``trainer_before`` (loop.py's ``fit_club_step`` swapped for the pre-issue-13 fit)
-and ``trainer_after`` (the fit loop.py calls): summary.json's ``club_fit_s_per_epoch`` over
+``trainer_after_torch_ops`` (``train.club_kernel=torch``) and ``trainer_after`` (the fit
+loop.py calls, with the default kernel): summary.json's ``club_fit_s_per_epoch`` over
 ``train_s_per_epoch``.
 
 Shares are fit / (step without fit + fit), in wall seconds (``*_share``; a step waits for
@@ -97,7 +101,7 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
 
     def fit_variants(generic, unique, index):
         """Time each variant on this step's pairs, from the same Q and a fresh Adam."""
-        variants = ["before", "after"] + (["after_shared"] if world > 1 else [])
+        variants = ["before", "after_torch_ops", "after"] + (["after_shared"] if world > 1 else [])
         if world == 1 and index < args.two_thread_steps:
             variants += ["before_2_threads", "after_2_threads"]
         for name in variants if index % 2 == 0 else variants[::-1]:
@@ -107,9 +111,10 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
                 def run(club=club, opt=opt):
                     fit_club(club.fitting_pairs(generic, unique), opt, args.inner_steps, threads=None)
             elif name.startswith("after"):
-                def run(club=club, opt=opt, share=name == "after_shared"):
+                def run(club=club, opt=opt, share=name == "after_shared", ops=name == "after_torch_ops"):
                     fit_club_step(
-                        club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None, share_rows=share
+                        club, generic, unique, opt, args.inner_steps, ctx if world > 1 else None,
+                        share_rows=share, kernel="torch" if ops else "auto",
                     )
             else:
                 pairs = club.fitting_pairs(generic, unique)
@@ -143,7 +148,11 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
     # first step, with its one-time costs, only ends the first interval)
     walls = [b[0] - a[2] for a, b in zip(marks, marks[1:])]
     cpus = [b[1] - a[3] for a, b in zip(marks, marks[1:])]
+    from sea_dist.model.club_native import club_kernel
+
+    cfg = trainer.cfg.model
     result = {
+        "kernel": "native" if club_kernel(cfg.club_dim, cfg.club_hidden, cfg.club_dim) else "torch",
         "steps": len(rows),
         "step_without_fit_s": walls,
         "step_without_fit_cpu_s": cpus,
@@ -155,10 +164,11 @@ def _rank(rank: int, world: int, args: argparse.Namespace, out_dir: str) -> dict
 
         configured = loop.fit_club_step
         result["trainer"] = {}
-        for name in ("before", "after"):  # the loop's own fit, then the pre-issue-13 one
-            loop.fit_club_step = configured if name == "after" else _fit_club_step_before
+        for name in ("before", "after_torch_ops", "after"):  # the pre-issue-13 fit, then the loop's own
+            loop.fit_club_step = configured if name.startswith("after") else _fit_club_step_before
+            overrides = {**common, "train.club_kernel": "torch" if name == "after_torch_ops" else "auto"}
             try:
-                t = _trainer(common, ctx, os.path.join(out_dir, f"{name}{rank}")).fit()["throughput"]
+                t = _trainer(overrides, ctx, os.path.join(out_dir, f"{name}{rank}")).fit()["throughput"]
             finally:
                 loop.fit_club_step = configured
             result["trainer"][name] = (t["club_fit_s_per_epoch"], t["train_s_per_epoch"])
@@ -242,6 +252,7 @@ def main() -> None:
             "world_size": world,
             "inner_steps": args.inner_steps,
             "steps_timed": steps,
+            "kernel": ranks[0]["kernel"],
             "rows_per_worker_mean": statistics.mean(n for r in ranks for n in r["rows_per_worker"]),
             "step_without_fit_s": round(step_s, 4),
             "step_without_fit_cpu_s": round(step_cpu_s, 4),
@@ -257,6 +268,7 @@ def main() -> None:
             record[f"{name}_share_cpu"] = round(fit_cpu / (step_cpu_s + fit_cpu), 3)
         record["speedup_wall"] = round(record["before_fit_s"] / record["after_fit_s"], 1)
         record["speedup_cpu"] = round(record["before_fit_cpu_s"] / record["after_fit_cpu_s"], 1)
+        record["kernel_speedup_cpu"] = round(record["after_torch_ops_fit_cpu_s"] / record["after_fit_cpu_s"], 2)
         for name in ranks[0].get("trainer", {}):
             fit = max(r["trainer"][name][0] for r in ranks) / steps
             train = max(r["trainer"][name][1] for r in ranks) / steps

@@ -32,15 +32,16 @@ MODEL = ROOT / "model"
 ALLOWED: dict[str, set[str]] = {
     "arrays": set(),  # numpy helpers
     "logs": set(),  # logging set-up for entry points
+    "local_cache": set(),  # the local cache folder (datasets, compiled kernels)
     "config": set(),  # typed sections, parsing, validation
     "runtime": set(),  # the process-group helper (torch.distributed)
     "storage": {"config"},  # filesystems, shards, schema checks, ids, retries, DatasetError
     "data": {"arrays", "storage"},  # the dataset contract: dataset.json, reader, writer, feature store
-    "model": {"config"},  # plain torch SEA
+    "model": {"config", "local_cache"},  # plain torch SEA (+ the CLUB fit's compiled kernel)
     "graph": {"config", "model", "storage"},  # DGL: graph building, kNN, partitions, sampling
     "eval": {"config", "runtime"},  # metrics, ranking, the distributed evaluator
     "ops": {"config", "storage"},  # metrics endpoints, outputs, publishing, reports
-    "sources": {"logs", "data", "storage"},  # synthetic, streaming, MMRec, MovieLens: produce datasets
+    "sources": {"logs", "local_cache", "data", "storage"},  # synthetic, streaming, MMRec, MovieLens: produce datasets
     "prepare": {"arrays", "config", "data", "graph", "model", "storage"},
     # the launcher generates the bundled default dataset (sources) when data.root is empty
     "train": {"arrays", "config", "runtime", "storage", "data", "model", "graph", "eval", "ops", "sources", "prepare"},
