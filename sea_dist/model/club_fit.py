@@ -10,6 +10,12 @@ elementwise passes into buffers allocated once, and one Adam update over one fla
 holding every Q's parameters (one Q per modality in ``within_modality`` mode): about 4x less
 CPU than autograd on a default-dataset step (``benchmarks/club_fit.py``).
 
+On a CPU the gradient of an inner step is by default computed by a compiled C kernel instead
+(:mod:`sea_dist.model.club_native`, ``kernel="auto"``): the torch form above still streams
+its [64, rows] intermediates through memory a dozen times per step, the kernel keeps a block
+of rows in registers through the whole step, about 2x faster again. The torch form stays for
+GPUs, for CPUs without a C compiler, and as the kernel's reference in the tests.
+
 The fit runs with one intra-op thread (:func:`intra_op_threads`): its kernels last tens to
 hundreds of microseconds, and splitting them over threads costs more in wake-ups than it
 saves. On the 2-core machine under load, one default-dataset fit took 0.31 s on one thread

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from sea_dist.config.checks import CLUB_KERNEL_CHOICES as KERNEL_CHOICES
 from sea_dist.local_cache import cache_dir
@@ -43,7 +44,7 @@ class NativeKernelUnavailable(RuntimeError):
 class ClubKernel:
     """A loaded kernel for one Q shape: ``step`` computes one inner step's gradient."""
 
-    step: ctypes._CFuncPtr
+    step: Callable[..., float]  # club_step of club_kernel.c (ctypes; releases the GIL)
     lanes: int  # the row stride of the inputs must be a multiple of this
     scratch_bytes: int
 
