@@ -4,8 +4,9 @@
  * Why it exists: the torch form of this step (sea_dist/model/club_fit.py, _NetFit.gradients)
  * is five skinny matmuls and ~15 elementwise passes over [64, rows] buffers; on a CPU half of
  * its time is spent streaming those buffers and dispatching kernels, not multiplying. Here a
- * block of LANES rows goes through the whole step (forward, loss derivative, backward) in
- * vector registers and L1, so every intermediate is touched once.
+ * tile of TILE x LANES rows goes through the whole step (forward, loss derivative, backward)
+ * before the next tile starts: activations are computed in vector registers, the tile's
+ * intermediates stay in L1/L2, and the weight gradients are accumulated per tile in registers.
  *
  * The shapes are compile-time constants (-DDX= -DHID= -DDY=, supplied by club_native.py,
  * which compiles one library per shape): the loops over features then unroll and the block's
@@ -23,7 +24,6 @@
  * exp(-logvar) = exp(1 - 2 sg), dL/dmu = w d exp(-logvar),
  * dL/dz = (2w - 2 d dL/dmu) (sg - sg^2); gradients scaled by `scale` at the end.
  */
-#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
