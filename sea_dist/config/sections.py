@@ -261,7 +261,7 @@ class TrainConfig:
     )
     club_kernel: str = _opt(
         "auto",
-        "how each inner step of CLUB's Q fit is computed on a CPU: auto = a small C kernel "
+        "how each inner step of CLUB's Q fit is computed on a CPU: auto = a small C kernel ($CC, else cc) "
         "compiled on first use for this CPU and cached under $SEA_DIST_CACHE/native (about 2x "
         "faster than torch ops, benchmarks/club_fit.py), falling back to torch ops with a warning "
         "where no C compiler is found; native = the C kernel or an error; torch = torch ops only. "

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("club_kernel.c")
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second for compilers without -march=native
+BUILD_TIMEOUT_S = 300.0  # a compiler that hangs must not hang the worker: fall back instead
 
 
 class NativeKernelUnavailable(RuntimeError):
@@ -49,9 +50,17 @@ class ClubKernel:
     scratch_bytes: int
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC") or "cc"
-    return shutil.which(shlex.split(cc)[0]) and cc
+def _compiler() -> list[str] | None:
+    """The C compiler's command line: ``$CC`` (may carry flags, ``"ccache gcc"``) or ``cc``."""
+    cc = shlex.split(os.environ.get("CC", "")) or ["cc"]
+    return cc if shutil.which(cc[0]) else None
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, -1, "", f"timed out after {BUILD_TIMEOUT_S:.0f} s")
 
 
 def _cpu_fingerprint() -> str:
@@ -67,14 +76,14 @@ def _cpu_fingerprint() -> str:
         return platform.machine() + platform.processor()
 
 
-def _build(cc: str, defines: list[str], target: Path) -> None:
+def _build(cc: list[str], defines: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in _FLAG_SETS:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [*shlex.split(cc), *flags, "-shared", "-fPIC", *defines, "-o", tmp, str(SOURCE)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [*cc, *flags, "-shared", "-fPIC", *defines, "-o", tmp, str(SOURCE)]
+        done = _run(cmd)
         if done.returncode == 0:
             os.replace(tmp, target)  # atomic: workers building the same library at once are fine
             return
@@ -95,7 +104,7 @@ def _load(d_x: int, hidden: int, d_y: int) -> ClubKernel:
     cc = _compiler()
     if cc is None:
         raise NativeKernelUnavailable("no C compiler found (set CC, or install gcc/clang)")
-    version = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True).stdout
+    version = _run([*cc, "--version"]).stdout
     defines = [f"-DDX={d_x}", f"-DHID={hidden}", f"-DDY={d_y}"]
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), repr(_FLAG_SETS), " ".join(defines), version, _cpu_fingerprint()]).encode()

@@ -78,6 +78,17 @@ def test_a_failing_compiler_is_reported_with_its_output(fresh, monkeypatch, tmp_
     assert not list(fresh.iterdir())  # nothing half-built left behind
 
 
+def test_a_hanging_compiler_times_out_and_auto_falls_back(fresh, monkeypatch, tmp_path):
+    hanging = tmp_path / "hanging-cc"
+    hanging.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nexec sleep 30\n")
+    hanging.chmod(0o755)
+    monkeypatch.setenv("CC", str(hanging))
+    monkeypatch.setattr(club_native, "BUILD_TIMEOUT_S", 0.5)
+    assert club_kernel(32, 8, 32, "auto") is None
+    with pytest.raises(NativeKernelUnavailable, match="timed out after"):
+        club_kernel(32, 8, 32, "native")
+
+
 def test_unsupported_widths_and_dtypes(fresh):
     assert club_kernel(12, 8, 12, "auto") is None  # input width not a multiple of 8
     with pytest.raises(NativeKernelUnavailable, match="divisible by 8"):
