@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from sea_dist.data.meta import DatasetMeta
 from sea_dist.data.writer import write_dataset
-from sea_dist.sources.synthetic import cache_dir
+from sea_dist.local_cache import cache_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BABY_DIR = os.path.join(REPO, "datasets", "amazon-baby")

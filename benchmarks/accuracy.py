@@ -19,7 +19,7 @@ import time
 from _common import REPO_ROOT, emit, train
 
 from sea_dist.sources.examples import build_movielens_100k
-from sea_dist.sources.synthetic import cache_dir
+from sea_dist.local_cache import cache_dir
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 VARIANTS = {

@@ -22,7 +22,8 @@ from _common import emit, train
 from sea_dist.data.meta import DatasetMeta
 from sea_dist.data.dataset import load_dataset
 from sea_dist.data.writer import write_dataset
-from sea_dist.sources.synthetic import cache_dir, default_dataset_root
+from sea_dist.local_cache import cache_dir
+from sea_dist.sources.synthetic import default_dataset_root
 
 METRIC = "recall@20"
 

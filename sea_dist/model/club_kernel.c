@@ -30,6 +30,9 @@
 #ifndef DX
 #error "compile with -DDX=<input width> -DHID=<hidden width> -DDY=<output width>"
 #endif
+#if DX % 8 || DY % 2
+#error "the input layer's gradient takes 8 inputs at a time and the output layer 2 outputs"
+#endif
 #if defined(__AVX512F__)
 #define LANES 16
 #else
@@ -49,8 +52,17 @@ static inline vf splat(float s) { return (vf){0} + s; }
 /* lane by lane: mask ? a : b (C has no ?: on vectors; a comparison yields 0 / -1 lanes) */
 static inline vf where(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
+/* c[0] x^(n-1) + ... + c[n-1], by Horner's rule (the loop unrolls: n is a constant). */
+static inline vf horner(vf x, const float *c, int n) {
+    vf p = splat(c[0]);
+    for (int i = 1; i < n; i++) p = p * x + splat(c[i]);
+    return p;
+}
+
 /* exp(x) for x in [-87, 88] (clamped outside), within ~2 ulp: 2^n * p(r), x = n ln2 + r. */
 static inline vf vexp(vf x) {
+    static const float c[] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
+                              4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
     const vf hi = splat(88.0f), lo = splat(-87.0f);
     x = where(x > hi, hi, x);
     x = where(x < lo, lo, x);
@@ -58,13 +70,7 @@ static inline vf vexp(vf x) {
     vf n = (x * splat(1.44269504088896341f) + shifter) - shifter;
     vf r = x - n * splat(0.693359375f); /* ln2 split in two for an exact reduction */
     r = r - n * splat(-2.12194440e-4f);
-    vf p = splat(1.9875691500E-4f);
-    p = p * r + splat(1.3981999507E-3f);
-    p = p * r + splat(8.3334519073E-3f);
-    p = p * r + splat(4.1665795894E-2f);
-    p = p * r + splat(1.6666665459E-1f);
-    p = p * r + splat(5.0000001201E-1f);
-    p = p * r * r + r + splat(1.0f);
+    const vf p = horner(r, c, 6) * r * r + r + splat(1.0f);
     vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
     return p * (vf)bits;
 }
@@ -72,16 +78,10 @@ static inline vf vexp(vf x) {
 /* exp(x) for x in [-1, 1], within ~3e-7 relative: a degree-8 polynomial (Chebyshev fit), no
  * range reduction needed on so short an interval. */
 static inline vf exp_unit(vf x) {
-    vf p = splat(2.5499197560e-05f);
-    p = p * x + splat(2.0469993358e-04f);
-    p = p * x + splat(1.3882759394e-03f);
-    p = p * x + splat(8.3285961069e-03f);
-    p = p * x + splat(4.1666886032e-02f);
-    p = p * x + splat(1.6666798560e-01f);
-    p = p * x + splat(4.9999997255e-01f);
-    p = p * x + splat(9.9999990094e-01f);
-    p = p * x + splat(1.0000000005e+00f);
-    return p;
+    static const float c[] = {2.5499197560e-05f, 2.0469993358e-04f, 1.3882759394e-03f,
+                              8.3285961069e-03f, 4.1666886032e-02f, 1.6666798560e-01f,
+                              4.9999997255e-01f, 9.9999990094e-01f, 1.0000000005e+00f};
+    return horner(x, c, 9);
 }
 
 static inline float hsum(vf v) {

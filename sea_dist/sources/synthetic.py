@@ -44,8 +44,8 @@ import numpy as np
 
 from sea_dist.data.meta import DatasetMeta, SPLIT_NAMES
 from sea_dist.data.writer import write_dataset
+from sea_dist.local_cache import cache_dir
 from sea_dist.sources.spec_checks import check_common_spec, count_cap
-from sea_dist.local_cache import cache_dir  # noqa: F401  (also this module's public name for it)
 
 __all__ = [
     "GENERATOR_VERSION",
